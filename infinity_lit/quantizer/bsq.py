@@ -1,0 +1,208 @@
+"""Binary spherical quantization (BSQ) and lookup-free quantization (LFQ).
+
+BSQ (Zhao et al., arXiv 2406.07548, §3; used by Infinity, arXiv 2412.04431, §3.1) projects each
+d-dimensional latent vector onto the unit sphere and quantizes every channel to its sign:
+
+    u = z / ‖z‖₂,     q = sign(u) / √d,     sign(0) := +1,
+
+so every code has unit norm and the implicit codebook has 2^d entries. LFQ (Yu et al., MAGVIT-v2) is the
+same without the normalisation: q = sign(z). Gradients pass straight through (q = u + sg(q − u)).
+
+Each channel is one bit: bit = 1 where the code is positive. Bits convert to integer indices
+(most significant bit first, int64, exact for d ≤ 63) and back.
+
+The entropy penalty factorises over bits (cost O(d), not O(2^d)): with p_i = P(bit_i = 1 | u) =
+σ(4·u_i / (√d·T)) (a softmax over the two codes ±1/√d of the distance-based logits),
+
+    L_entropy = mean_positions Σ_i H(p_i)  −  Σ_i H(mean_positions p_i),
+
+per-sample entropy (to be low: confident bits) minus codebook entropy (to be high: all codes used).
+It can be negative. The commitment loss is mean((u − sg(q))²).
+
+All quantization math runs in fp32, also under bf16 / fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MAX_INDEX_BITS = 63  # int64 holds indices exactly up to d = 63
+
+
+class QuantizerOutput(NamedTuple):
+    """Result of one quantization.
+
+    Attributes:
+        codes: quantized latent, same shape as the input (B, d, h, w), float32; values ±1/√d (BSQ) or
+            ±1 (LFQ); carries the straight-through gradient to the input.
+        bits: (B, h·w, d) int64 in {0, 1}, row-major over (h, w); bit = 1 where the code is positive.
+        entropy_loss: scalar float32, the weighted entropy penalty (exactly 0 when its weight is 0).
+        commit_loss: scalar float32, the weighted commitment loss (exactly 0 when its weight is 0).
+        per_sample_entropy: scalar float32 (nats, summed over bits), unweighted, detached.
+        codebook_entropy: scalar float32 (nats, summed over bits), unweighted, detached.
+    """
+
+    codes: Tensor
+    bits: Tensor
+    entropy_loss: Tensor
+    commit_loss: Tensor
+    per_sample_entropy: Tensor
+    codebook_entropy: Tensor
+
+
+def _binary_entropy(p: Tensor) -> Tensor:
+    """H(p) = −p ln p − (1−p) ln(1−p) in nats, safe at 0 and 1."""
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
+class BSQ(nn.Module):
+    """Single-scale binary spherical (or lookup-free) quantizer over the channel dimension.
+
+    Args:
+        codebook_dim: d, bits per latent position, 1..64.
+        spherical: True for BSQ (normalise to the unit sphere, codes ±1/√d); False for LFQ (codes ±1).
+        entropy_weight: weight of the entropy penalty; 0 disables it (the loss is then exactly 0).
+        commit_weight: weight of the commitment loss (β, reference 0.25); 0 disables it.
+        codebook_entropy_weight: relative weight γ of the codebook-entropy term inside the penalty.
+        entropy_temperature: T in p_i = σ(4·u_i/(√d·T)).
+        eps: guard for the normalisation of an all-zero vector.
+
+    Raises:
+        ValueError: codebook_dim outside 1..64 or a negative weight.
+    """
+
+    def __init__(
+        self,
+        codebook_dim: int,
+        spherical: bool = True,
+        entropy_weight: float = 0.0,
+        commit_weight: float = 0.25,
+        codebook_entropy_weight: float = 1.0,
+        entropy_temperature: float = 1.0,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if not 1 <= int(codebook_dim) <= 64:
+            raise ValueError(f"codebook_dim must be in 1..64, got {codebook_dim}")
+        for name, value in (("entropy_weight", entropy_weight), ("commit_weight", commit_weight)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if entropy_temperature <= 0:
+            raise ValueError(f"entropy_temperature must be > 0, got {entropy_temperature}")
+        self.codebook_dim = int(codebook_dim)
+        self.spherical = spherical
+        self.entropy_weight = float(entropy_weight)
+        self.commit_weight = float(commit_weight)
+        self.codebook_entropy_weight = float(codebook_entropy_weight)
+        self.entropy_temperature = float(entropy_temperature)
+        self.eps = eps
+        # Most significant bit first: index = Σ_i bit_i · 2^(d-1-i).
+        if self.codebook_dim <= MAX_INDEX_BITS:
+            powers = 2 ** torch.arange(self.codebook_dim - 1, -1, -1, dtype=torch.int64)
+        else:
+            powers = torch.zeros(0, dtype=torch.int64)
+        self.register_buffer("_powers", powers, persistent=False)
+
+    @property
+    def code_scale(self) -> float:
+        """|q_i|: 1/√d for BSQ, 1 for LFQ."""
+        return 1.0 / math.sqrt(self.codebook_dim) if self.spherical else 1.0
+
+    # ------------------------------------------------------------------ conversions
+    def bits_to_codes(self, bits: Tensor) -> Tensor:
+        """Bits {0,1} (…, d) (any integer/bool dtype) → codes (…, d) float32 in {−s, +s}, s = code_scale."""
+        return (bits.to(torch.float32) * 2 - 1) * self.code_scale
+
+    def codes_to_bits(self, codes: Tensor) -> Tensor:
+        """Codes (…, d) → bits (…, d) int64; a code ≥ 0 (sign(0) = +1) gives bit 1."""
+        return (codes >= 0).to(torch.int64)
+
+    def bits_to_indices(self, bits: Tensor) -> Tensor:
+        """Bits (…, d) → indices (…) int64 in [0, 2^d), most significant bit first.
+
+        Raises:
+            ValueError: d = 64 (an index would not fit in int64; keep the bits).
+        """
+        if self.codebook_dim > MAX_INDEX_BITS:
+            raise ValueError(f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits")
+        return (bits.to(torch.int64) * self._powers.to(bits.device)).sum(-1)
+
+    def indices_to_bits(self, indices: Tensor) -> Tensor:
+        """Indices (…) int64 → bits (…, d) int64 in {0,1}; inverse of ``bits_to_indices``.
+
+        Raises:
+            ValueError: d = 64.
+        """
+        if self.codebook_dim > MAX_INDEX_BITS:
+            raise ValueError(f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits")
+        return torch.bitwise_and(indices.to(torch.int64).unsqueeze(-1), self._powers.to(indices.device)).ne(0).to(torch.int64)
+
+    def indices_to_codes(self, indices: Tensor) -> Tensor:
+        """Indices (…) → codes (…, d) float32."""
+        return self.bits_to_codes(self.indices_to_bits(indices))
+
+    # ------------------------------------------------------------------ quantization
+    def normalize(self, z: Tensor, dim: int = 1) -> Tensor:
+        """u = z/‖z‖ over ``dim`` for BSQ (identity for LFQ), in fp32."""
+        z = z.float()
+        if not self.spherical:
+            return z
+        return z / z.norm(dim=dim, keepdim=True).clamp_min(self.eps)
+
+    def quantize(self, u: Tensor) -> Tensor:
+        """Straight-through sign quantization of (normalised) ``u``: forward sign(u)·s, backward identity."""
+        hard = torch.where(u >= 0, self.code_scale, -self.code_scale).to(u.dtype)
+        return u + (hard - u).detach()
+
+    def entropy_terms(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample and codebook entropy (nats, summed over bits) of (N, d) normalised latents."""
+        logits = 4.0 * self.code_scale * u / self.entropy_temperature
+        p = torch.sigmoid(logits)  # P(bit = 1)
+        per_sample = _binary_entropy(p).sum(-1).mean()
+        codebook = _binary_entropy(p.mean(0)).sum()
+        return per_sample, codebook
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantize a latent map.
+
+        Args:
+            z: (B, d, h, w) float (any dtype; computed in fp32).
+
+        Returns:
+            ``QuantizerOutput`` with codes (B, d, h, w) float32 and bits (B, h·w, d) int64.
+
+        Raises:
+            ValueError: channel dimension ≠ codebook_dim.
+        """
+        if z.dim() != 4 or z.shape[1] != self.codebook_dim:
+            raise ValueError(f"expected a latent (B, {self.codebook_dim}, h, w), got shape {tuple(z.shape)}")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            u = self.normalize(z, dim=1)
+            codes = self.quantize(u)
+            flat_u = u.permute(0, 2, 3, 1).reshape(-1, self.codebook_dim)  # (B·h·w, d)
+            bits = self.codes_to_bits(codes.detach()).permute(0, 2, 3, 1).reshape(z.shape[0], -1, self.codebook_dim)
+            zero = u.new_zeros(())
+            if self.entropy_weight > 0 or not self.training:
+                per_sample, codebook = self.entropy_terms(flat_u)
+            else:
+                per_sample, codebook = zero, zero
+            entropy = (
+                self.entropy_weight * (per_sample - self.codebook_entropy_weight * codebook)
+                if self.entropy_weight > 0
+                else zero
+            )
+            commit = self.commit_weight * F.mse_loss(u, codes.detach()) if self.commit_weight > 0 else zero
+        return QuantizerOutput(codes, bits, entropy, commit, per_sample.detach(), codebook.detach())
+
+
+class LFQ(BSQ):
+    """Lookup-free quantization: ``BSQ`` without the spherical normalisation (codes ±1)."""
+
+    def __init__(self, codebook_dim: int, **kwargs) -> None:
+        kwargs.pop("spherical", None)
+        super().__init__(codebook_dim, spherical=False, **kwargs)
