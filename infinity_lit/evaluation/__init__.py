@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics (PSNR/SSIM), FID/KID, CLIP score, sampling to folders and reports."""
