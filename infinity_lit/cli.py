@@ -18,8 +18,14 @@ import sys
 
 GROUPS: dict[str, tuple[str, str]] = {
     "data": ("infinity_lit.data.cli", "build webdataset shards (openmoji, folder)"),
-    "tokenizer": ("infinity_lit.tokenizer.cli", "train / validate / test the bitwise tokenizer (LightningCLI)"),
-    "generator": ("infinity_lit.generator.cli", "train / validate / test the bitwise generator (LightningCLI)"),
+    "tokenizer": (
+        "infinity_lit.tokenizer.cli",
+        "train / validate / test the bitwise tokenizer (LightningCLI)",
+    ),
+    "generator": (
+        "infinity_lit.generator.cli",
+        "train / validate / test the bitwise generator (LightningCLI)",
+    ),
     "sample": ("infinity_lit.generator.sample_cli", "sample images for prompts with a trained generator"),
     "eval": ("infinity_lit.evaluation.cli", "evaluation suite: sample, score, recon, report"),
     "quickstart": ("infinity_lit.quickstart", "tokenizer + generator + evaluation on OpenMoji, end to end"),

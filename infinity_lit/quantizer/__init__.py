@@ -9,6 +9,7 @@ from .schedules import (
     aspect_ratio_schedule,
     named_schedule,
     num_tokens,
+    schedule_for_latent,
     square_schedule,
     validate_schedule,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "named_schedule",
     "num_tokens",
     "resample_bilinear",
+    "schedule_for_latent",
     "square_schedule",
     "upsample",
     "validate_schedule",

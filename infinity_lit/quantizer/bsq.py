@@ -129,7 +129,9 @@ class BSQ(nn.Module):
             ValueError: d = 64 (an index would not fit in int64; keep the bits).
         """
         if self.codebook_dim > MAX_INDEX_BITS:
-            raise ValueError(f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits")
+            raise ValueError(
+                f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits"
+            )
         return (bits.to(torch.int64) * self._powers.to(bits.device)).sum(-1)
 
     def indices_to_bits(self, indices: Tensor) -> Tensor:
@@ -139,8 +141,14 @@ class BSQ(nn.Module):
             ValueError: d = 64.
         """
         if self.codebook_dim > MAX_INDEX_BITS:
-            raise ValueError(f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits")
-        return torch.bitwise_and(indices.to(torch.int64).unsqueeze(-1), self._powers.to(indices.device)).ne(0).to(torch.int64)
+            raise ValueError(
+                f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits"
+            )
+        return (
+            torch.bitwise_and(indices.to(torch.int64).unsqueeze(-1), self._powers.to(indices.device))
+            .ne(0)
+            .to(torch.int64)
+        )
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """Indices (…) → codes (…, d) float32."""
@@ -185,7 +193,11 @@ class BSQ(nn.Module):
             u = self.normalize(z, dim=1)
             codes = self.quantize(u)
             flat_u = u.permute(0, 2, 3, 1).reshape(-1, self.codebook_dim)  # (B·h·w, d)
-            bits = self.codes_to_bits(codes.detach()).permute(0, 2, 3, 1).reshape(z.shape[0], -1, self.codebook_dim)
+            bits = (
+                self.codes_to_bits(codes.detach())
+                .permute(0, 2, 3, 1)
+                .reshape(z.shape[0], -1, self.codebook_dim)
+            )
             zero = u.new_zeros(())
             if self.entropy_weight > 0 or not self.training:
                 per_sample, codebook = self.entropy_terms(flat_u)

@@ -183,7 +183,9 @@ class MultiScaleBSQ(nn.Module):
                 ps_ent.append(out.per_sample_entropy)
                 cb_ent.append(out.codebook_entropy)
         mean = lambda xs: torch.stack(xs).mean()  # noqa: E731
-        return MultiScaleOutput(quantized, codes, bits, mean(entropy), mean(commit), mean(ps_ent), mean(cb_ent))
+        return MultiScaleOutput(
+            quantized, codes, bits, mean(entropy), mean(commit), mean(ps_ent), mean(cb_ent)
+        )
 
     # ------------------------------------------------------------------ decoding helpers
     def codes_to_quantized(self, codes: Sequence[Tensor], latent_hw: tuple[int, int] | None = None) -> Tensor:
@@ -201,7 +203,9 @@ class MultiScaleBSQ(nn.Module):
         """Bits (B, h·w, d) of one scale → codes (B, d, h, w) float32."""
         B, L, d = bits.shape
         if L != hw[0] * hw[1] or d != self.codebook_dim:
-            raise ValueError(f"bits of shape {tuple(bits.shape)} do not fit scale {hw} with d={self.codebook_dim}")
+            raise ValueError(
+                f"bits of shape {tuple(bits.shape)} do not fit scale {hw} with d={self.codebook_dim}"
+            )
         return self.bsq.bits_to_codes(bits).transpose(1, 2).reshape(B, d, hw[0], hw[1])
 
     def bits_to_quantized(

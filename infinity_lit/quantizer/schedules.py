@@ -21,7 +21,23 @@ REFERENCE_SIDES: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 6
 
 #: The aspect ratios h/w the reference provides schedules for.
 REFERENCE_ASPECT_RATIOS: tuple[float, ...] = (
-    1 / 3, 2 / 5, 1 / 2, 4 / 7, 3 / 5, 2 / 3, 3 / 4, 4 / 5, 1.0, 5 / 4, 4 / 3, 3 / 2, 5 / 3, 7 / 4, 2.0, 5 / 2, 3.0
+    1 / 3,
+    2 / 5,
+    1 / 2,
+    4 / 7,
+    3 / 5,
+    2 / 3,
+    3 / 4,
+    4 / 5,
+    1.0,
+    5 / 4,
+    4 / 3,
+    3 / 2,
+    5 / 3,
+    7 / 4,
+    2.0,
+    5 / 2,
+    3.0,
 )
 
 
@@ -77,6 +93,43 @@ def aspect_ratio_schedule(aspect_ratio: float, num_scales: int) -> ScaleSchedule
     return schedule
 
 
+def schedule_for_latent(latent_hw: tuple[int, int], num_scales: int | None = None) -> ScaleSchedule:
+    """Schedule ending exactly at a (possibly non-square) latent grid, following the reference sides.
+
+    Scale k is the latent grid shrunk by ``REFERENCE_SIDES[k] / REFERENCE_SIDES[K-1]`` (rounded, at
+    least 1), so every scale keeps the aspect ratio of the latent; the first scale is 1×1. For a square
+    latent whose side is a reference side this equals ``square_schedule``. Example: latent (16, 32)
+    (a 256×512 image at stride 16) with 7 scales gives
+    [(1,1), (2,4), (4,8), (6,12), (8,16), (12,24), (16,32)].
+
+    Args:
+        latent_hw: (h, w) of the latent grid (image size / stride).
+        num_scales: number of reference sides to follow (default: as many as the square schedule of
+            the latent's shorter side would have).
+
+    Raises:
+        ValueError: non-positive sides or num_scales out of 1..13.
+    """
+    h, w = (int(v) for v in latent_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"latent grid must have positive sides, got {latent_hw}")
+    if num_scales is None:
+        num_scales = len(square_schedule(min(h, w)))
+    if not 1 <= num_scales <= len(REFERENCE_SIDES):
+        raise ValueError(f"num_scales must be in 1..{len(REFERENCE_SIDES)}, got {num_scales}")
+    top = REFERENCE_SIDES[num_scales - 1]
+    schedule: ScaleSchedule = [(1, 1)]
+    for side in REFERENCE_SIDES[1:num_scales]:
+        hk, wk = max(1, round(h * side / top)), max(1, round(w * side / top))
+        ph, pw = schedule[-1]
+        hk, wk = max(hk, ph), max(wk, pw)
+        if (hk, wk) != (ph, pw):
+            schedule.append((hk, wk))
+    if schedule[-1] != (h, w):
+        schedule.append((h, w))
+    return schedule
+
+
 def named_schedule(name: str) -> ScaleSchedule:
     """A reference schedule by name.
 
@@ -99,7 +152,9 @@ def named_schedule(name: str) -> ScaleSchedule:
     raise ValueError(f"unknown schedule name {name!r}; use 'square-<side>' or 'ar-<h>x<w>-<num_scales>'")
 
 
-def validate_schedule(schedule: Sequence[Sequence[int]], latent_hw: tuple[int, int] | None = None) -> ScaleSchedule:
+def validate_schedule(
+    schedule: Sequence[Sequence[int]], latent_hw: tuple[int, int] | None = None
+) -> ScaleSchedule:
     """Check a schedule and return it as a list of int pairs.
 
     Rules: at least one scale; every entry a pair of positive ints; each scale no smaller than the
@@ -114,7 +169,9 @@ def validate_schedule(schedule: Sequence[Sequence[int]], latent_hw: tuple[int, i
         raise ValueError("scale schedule is empty; give a list of (h, w) pairs such as [[1,1],[2,2],[4,4]]")
     for k, pair in enumerate(schedule):
         if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
-            raise ValueError(f"scale {k} of the schedule is {pair!r}; each scale must be a pair of positive ints")
+            raise ValueError(
+                f"scale {k} of the schedule is {pair!r}; each scale must be a pair of positive ints"
+            )
         h, w = int(pair[0]), int(pair[1])
         if out:
             ph, pw = out[-1]

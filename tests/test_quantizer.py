@@ -1,0 +1,284 @@
+"""BSQ / LFQ / multi-scale quantizer: invariants, an independent reference, hand-computed losses."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from infinity_lit.quantizer import (
+    BSQ,
+    LFQ,
+    MultiScaleBSQ,
+    aspect_ratio_schedule,
+    downsample,
+    named_schedule,
+    num_tokens,
+    schedule_for_latent,
+    square_schedule,
+    upsample,
+    validate_schedule,
+)
+
+
+def _latent(b=2, d=16, h=8, w=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, h, w, generator=g)
+
+
+# ---------------------------------------------------------------- single scale
+@pytest.mark.parametrize("d", [1, 4, 16, 32, 64])
+def test_bsq_codes_unit_norm_and_magnitude(d):
+    out = BSQ(d)(_latent(d=d))
+    norms = out.codes.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    torch.testing.assert_close(out.codes.abs(), torch.full_like(out.codes, 1 / math.sqrt(d)))
+    assert out.codes.dtype == torch.float32
+    assert out.bits.shape == (2, 64, d) and out.bits.dtype == torch.int64
+    assert set(out.bits.unique().tolist()) <= {0, 1}
+
+
+def test_sign_of_zero_is_plus_one_and_zero_vector_is_safe():
+    q = BSQ(8)
+    z = torch.zeros(1, 8, 2, 2)
+    z[0, 3, 0, 0] = -1.0  # one negative channel, the rest exactly zero
+    out = q(z)
+    assert torch.isfinite(out.codes).all()
+    assert (out.codes != 0).all(), "no code may be 0"
+    assert out.bits[0, 0].tolist() == [1, 1, 1, 0, 1, 1, 1, 1]
+    assert (out.bits[0, 1:] == 1).all()  # all-zero vectors quantize to all +1
+
+
+def test_lfq_codes_are_plus_minus_one():
+    z = _latent(d=6) * 3
+    out = LFQ(6)(z)
+    assert set(out.codes.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(out.codes, torch.where(z >= 0, 1.0, -1.0))
+
+
+@pytest.mark.parametrize("d", [1, 5, 16, 63])
+def test_round_trips_bits_codes_indices(d):
+    q = BSQ(d)
+    g = torch.Generator().manual_seed(d)
+    bits = torch.randint(0, 2, (3, 7, d), generator=g)
+    codes = q.bits_to_codes(bits)
+    assert torch.equal(q.codes_to_bits(codes), bits)
+    idx = q.bits_to_indices(bits)
+    assert idx.dtype == torch.int64 and idx.shape == (3, 7)
+    assert torch.equal(q.indices_to_bits(idx), bits)
+    # most significant bit first, checked by hand on the first row
+    expected = sum(int(b) << (d - 1 - i) for i, b in enumerate(bits[0, 0].tolist()))
+    assert idx[0, 0].item() == expected
+    torch.testing.assert_close(q.indices_to_codes(idx), codes)
+
+
+def test_index_extremes_and_d64_keeps_bits():
+    q = BSQ(63)
+    ones = torch.ones(1, 63, dtype=torch.int64)
+    assert q.bits_to_indices(ones).item() == 2**63 - 1
+    q64 = BSQ(64)
+    with pytest.raises(ValueError, match="use bits"):
+        q64.bits_to_indices(torch.ones(1, 64, dtype=torch.int64))
+    out = q64(_latent(d=64))
+    assert out.bits.shape[-1] == 64
+
+
+def test_straight_through_gradient_is_finite_and_nonzero():
+    z = _latent(d=16).requires_grad_(True)
+    q = BSQ(16)
+    w = torch.randn_like(z)
+    (q(z).codes * w).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    assert z.grad.abs().sum() > 0
+    # STE: the gradient equals that of the normalisation u = z/|z| alone
+    z2 = z.detach().clone().requires_grad_(True)
+    (q.normalize(z2) * w).sum().backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+
+
+def test_quantization_runs_in_fp32_under_bf16_autocast():
+    q = MultiScaleBSQ(16, [(1, 1), (2, 2), (4, 4)], entropy_weight=0.1)
+    z = _latent(d=16, h=4, w=4).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q(z)
+    assert out.quantized.dtype == torch.float32
+    assert all(c.dtype == torch.float32 for c in out.codes)
+    assert out.entropy_loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("d", [4, 16])
+def test_agrees_with_vector_quantize_pytorch_spherical_lfq(d):
+    vqp = pytest.importorskip("vector_quantize_pytorch")
+    ref = vqp.LFQ(dim=d, codebook_size=2**d, spherical=True, entropy_loss_weight=0.0, channel_first=True)
+    ref.eval()
+    z = _latent(d=d, seed=3)
+    ref_codes, ref_idx, _ = ref(z)
+    ours = BSQ(d).eval()(z)
+    torch.testing.assert_close(ours.codes, ref_codes.float(), atol=1e-6, rtol=0)
+    ref_bits = ref_codes.permute(0, 2, 3, 1).reshape(z.shape[0], -1, d) > 0
+    assert torch.equal(ours.bits.bool(), ref_bits)
+    assert torch.equal(BSQ(d).bits_to_indices(ours.bits), ref_idx.reshape(z.shape[0], -1))
+
+
+# ---------------------------------------------------------------- losses
+def test_entropy_and_commit_weight_zero_is_exactly_zero():
+    q = BSQ(8, entropy_weight=0.0, commit_weight=0.0).train()
+    out = q(_latent(d=8).requires_grad_(True))
+    assert out.entropy_loss.item() == 0.0 and out.commit_loss.item() == 0.0
+
+
+def test_entropy_penalty_matches_hand_computation_and_has_gradient():
+    d, T = 4, 0.7
+    q = BSQ(
+        d, entropy_weight=2.0, commit_weight=0.0, entropy_temperature=T, codebook_entropy_weight=1.0
+    ).train()
+    z = _latent(b=3, d=d, h=2, w=2, seed=5).requires_grad_(True)
+    out = q(z)
+    # independent computation in float64 with numpy-style formulas
+    u = (z / z.norm(dim=1, keepdim=True)).detach().double().permute(0, 2, 3, 1).reshape(-1, d)
+    p = 1 / (1 + torch.exp(-4 * u / (math.sqrt(d) * T)))
+
+    def h(x):
+        return -(x * x.log() + (1 - x) * (1 - x).log())
+
+    expected = 2.0 * (h(p).sum(1).mean() - h(p.mean(0)).sum())
+    assert out.entropy_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.entropy_loss.item() != 0.0
+    out.entropy_loss.backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_entropy_penalty_can_be_negative():
+    # Confident, diverse bits: per-sample entropy ~0, codebook entropy ~d·ln2 → negative penalty.
+    d = 8
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randint(0, 2, (4, d, 8, 8), generator=g).float() * 2 - 1) * 50
+    out = BSQ(d, entropy_weight=1.0, spherical=False, entropy_temperature=0.01).train()(z)
+    assert out.entropy_loss.item() < -0.9 * d * math.log(2)
+
+
+def test_commitment_loss_value():
+    q = BSQ(4, commit_weight=0.25).train()
+    z = _latent(d=4, seed=7)
+    out = q(z)
+    u = z / z.norm(dim=1, keepdim=True)
+    expected = 0.25 * ((u - torch.sign(u) / 2) ** 2).mean()
+    assert out.commit_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- multi-scale
+def test_multiscale_sum_identity_and_bits_decode():
+    schedule = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]
+    q = MultiScaleBSQ(16, schedule)
+    z = _latent(d=16, h=8, w=8)
+    out = q(z)
+    manual = sum(upsample(c, (8, 8)) for c in out.codes)
+    torch.testing.assert_close(out.quantized, manual, atol=1e-6, rtol=0)
+    torch.testing.assert_close(q.bits_to_quantized(out.bits), out.quantized.detach(), atol=1e-6, rtol=0)
+    assert [b.shape for b in out.bits] == [(2, h * w, 16) for h, w in schedule]
+
+
+def test_multiscale_residual_recursion_by_hand():
+    schedule = [(1, 1), (2, 2), (4, 4)]
+    q = MultiScaleBSQ(3, schedule)
+    z = _latent(b=1, d=3, h=4, w=4, seed=11)
+    out = q(z)
+    residual = z.clone()
+    for k, hw in enumerate(schedule):
+        r = torch.nn.functional.adaptive_avg_pool2d(residual, hw)  # area == adaptive average pooling
+        code = torch.where(r >= 0, 1.0, -1.0) / math.sqrt(3)  # sign of u equals sign of r
+        torch.testing.assert_close(out.codes[k], code)
+        residual = residual - torch.nn.functional.interpolate(
+            code, size=(4, 4), mode="bilinear", align_corners=False
+        )
+
+
+def test_progressive_decoding_from_first_k_scales():
+    schedule = [(1, 1), (2, 2), (4, 4)]
+    q = MultiScaleBSQ(8, schedule)
+    z = _latent(d=8, h=4, w=4)
+    full = q(z)
+    for k in (1, 2):
+        part = q(z, num_scales=k)
+        assert len(part.bits) == k
+        torch.testing.assert_close(part.quantized, q.bits_to_quantized(full.bits[:k]))
+
+
+def test_scale_drop_truncates_about_half_of_batches():
+    schedule = [(1, 1), (2, 2), (4, 4), (8, 8)]
+    q = MultiScaleBSQ(4, schedule, scale_drop_prob=0.5).train()
+    z = _latent(b=1, d=4, h=8, w=8)
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    used = [len(q(z, generator=g).bits) for _ in range(n)]
+    dropped = sum(u < 4 for u in used)
+    # Binomial(400, 0.5): 4 standard deviations = 40
+    assert abs(dropped - n / 2) < 40
+    assert set(u for u in used if u < 4) == {1, 2, 3}
+    q.eval()
+    assert all(len(q(z).bits) == 4 for _ in range(5))
+
+
+def test_reference_square_schedules_token_counts():
+    s256 = square_schedule(16)
+    assert s256 == [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)]
+    assert len(s256) == 7 and num_tokens(s256) == 521
+    assert len(square_schedule(32)) == 10
+    assert len(square_schedule(64)) == 13 and num_tokens(square_schedule(64)) == 10521
+    assert named_schedule("square-16") == s256
+
+
+def test_aspect_ratio_schedule_has_about_square_areas():
+    schedule = validate_schedule(aspect_ratio_schedule(0.5, 7))  # h/w = 1/2
+    h, w = schedule[-1]
+    assert abs(w / h - 2) < 0.1
+    areas = [a * b for a, b in schedule]
+    square_areas = [a * b for a, b in square_schedule(16)]
+    for a, s in zip(areas, square_areas):
+        assert 0.5 * s <= a <= 2 * s
+    q = MultiScaleBSQ(8, schedule)
+    out = q(_latent(d=8, h=h, w=w))
+    assert out.quantized.shape == (2, 8, h, w)
+
+
+def test_schedule_for_non_square_latent():
+    schedule = schedule_for_latent((16, 32), 7)
+    assert schedule == [(1, 1), (2, 4), (4, 8), (6, 12), (8, 16), (12, 24), (16, 32)]
+    assert schedule_for_latent((16, 16)) == square_schedule(16)
+    q = MultiScaleBSQ(8, square_schedule(16))
+    out = q(_latent(d=8, h=16, w=32), scale_schedule=schedule)
+    assert out.quantized.shape == (2, 8, 16, 32)
+    torch.testing.assert_close(q.bits_to_quantized(out.bits, schedule), out.quantized)
+
+
+def test_schedule_validation_errors():
+    with pytest.raises(ValueError, match="must equal the latent grid"):
+        validate_schedule([(1, 1), (2, 2)], latent_hw=(4, 4))
+    with pytest.raises(ValueError, match="must grow"):
+        MultiScaleBSQ(4, [(1, 1), (4, 4), (2, 2)])
+    with pytest.raises(ValueError, match="must grow"):
+        MultiScaleBSQ(4, [(2, 2), (2, 2)])
+    with pytest.raises(ValueError, match="codebook_dim"):
+        MultiScaleBSQ(65, [(1, 1)])
+    with pytest.raises(ValueError, match="codebook_dim"):
+        BSQ(0)
+    q = MultiScaleBSQ(4, [(1, 1), (2, 2)])
+    with pytest.raises(ValueError, match="does not match the last scale"):
+        q(_latent(d=4, h=4, w=4))
+
+
+def test_downsample_is_area_average():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    torch.testing.assert_close(downsample(x, (2, 2)), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+
+
+def test_quantizer_does_not_import_lightning():
+    code = (
+        "import sys, infinity_lit.quantizer; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
