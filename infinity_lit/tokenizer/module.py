@@ -150,14 +150,21 @@ class TokenizerModule(pl.LightningModule):
         if resolution is None:
             return
         h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-        try:
-            self.tokenizer.check_image_size(h, w)
-        except ValueError as err:
+        stride, last = self.tokenizer.stride, self.tokenizer.scale_schedule[-1]
+        fit_h, fit_w = self.config.image_size
+        fit = fit_h if fit_h == fit_w else f"{fit_h}×{fit_w}"
+        if h % stride or w % stride:
             raise ValueError(
-                f"data resolution {h}×{w} does not fit the tokenizer (stride {self.tokenizer.stride}, scale "
-                f"schedule ending at {self.tokenizer.scale_schedule[-1]}): {err}. Set data.resolution to "
-                f"{self.config.image_size[0]} or change model.tokenizer.scale_schedule / channel_multipliers"
-            ) from err
+                f"data resolution {h}×{w} is not divisible by the tokenizer stride {stride} "
+                f"(model.tokenizer.channel_multipliers); set data.resolution to {fit} for the scale schedule "
+                f"ending at {last}"
+            )
+        if (h // stride, w // stride) != last:
+            raise ValueError(
+                f"data resolution {h}×{w} gives a {h // stride}×{w // stride} latent grid at stride {stride}, but "
+                f"model.tokenizer.scale_schedule ends at {last[0]}×{last[1]}; set data.resolution to {fit} or "
+                f"end the schedule at [{h // stride}, {w // stride}]"
+            )
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
