@@ -1,0 +1,361 @@
+"""``GeneratorModule``: the Lightning shell that trains a ``BitwiseTransformer`` (Infinity, arXiv 2412.04431).
+
+One training step (§3.2–3.4):
+
+    images (B,3,H,W) in [-1,1] ──frozen tokenizer.encode──► F (B,d,h,w)
+    F ──BitwiseSelfCorrection(max_flip_prob)──► targets (B,L,d), next-scale inputs (B,L−1,d), flips
+    captions ──frozen text encoder──► tokens / mask / pooled ──CFG dropout (→ learned null text)──►
+    transformer(inputs, text) ──► logits (B,L,d,2) ──per-bit cross-entropy──► loss (nats per bit)
+
+Frozen stages, in the open: the tokenizer (from ``tokenizer_checkpoint``) and the text encoder (from its
+kind and path) are in eval mode with ``requires_grad`` False, are not given to the optimiser and are
+left out of ``state_dict()`` and so of every checkpoint; the checkpoint names them by reference (the
+path and kind in the hyper-parameters) and ``load_from_checkpoint`` / ``load_generator`` rebuild them.
+``codebook_dim`` and the scale schedule are read from the tokenizer checkpoint; a different value in the
+generator's ``transformer`` config is an error.
+
+EMA weights: add Lightning's ``EMAWeightAveraging`` callback (``use_buffers: false``); the checkpoint's ``state_dict`` then holds
+the averaged weights (used for validation samples too) and ``current_model_state`` the raw ones.
+
+Logged (TensorBoard): ``train/loss`` and ``val/loss`` (nats per bit, teacher-forced; chance is ln 2),
+``*/loss_ln2`` (the same in units of ln 2: 1 = chance), ``*/bit_acc``, per scale ``*/loss_scale_k`` and
+``*/bit_acc_scale_k`` (k = 1..K), ``train/flip_prob`` (mean drawn flip probability),
+``train/self_correction_rate`` and ``train/self_correction_baseline`` (see
+``infinity_lit.generator.bsc.self_correction_rate``), ``train/lr``, and at each validation a grid of
+samples (images in [0,1] for display) for ``val_prompts``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from infinity_lit.tokenizer import load_tokenizer
+
+from .bsc import BitwiseSelfCorrection, BSCOutput, self_correction_rate
+from .sampling import sample
+from .text_encoders import TextEncoderKind, build_text_encoder
+from .transformer import BitwiseTransformer, TransformerConfig
+
+#: Sub-modules that are frozen and saved by reference, never by value.
+FROZEN = ("tokenizer", "text_encoder")
+
+DEFAULT_VAL_PROMPTS = [
+    "grinning face",
+    "red apple",
+    "cat face",
+    "sun with face",
+    "red heart",
+    "rocket",
+    "pizza",
+    "flag: Japan",
+]
+
+
+def transformer_config_to_dict(config: TransformerConfig) -> dict[str, Any]:
+    """Plain-type dict (lists, no tuples) for hyper-parameters and checkpoints."""
+    out = asdict(config)
+    if out["scale_schedule"] is not None:
+        out["scale_schedule"] = [list(hw) for hw in out["scale_schedule"]]
+    return out
+
+
+class GeneratorModule(pl.LightningModule):
+    """Trains a ``BitwiseTransformer`` on a frozen tokenizer's bits with BSC and CFG dropout.
+
+    Args:
+        tokenizer_checkpoint: path of the frozen tokenizer's ``.ckpt`` (from ``infinity-lit tokenizer fit``).
+        transformer: the architecture; leave ``codebook_dim`` / ``scale_schedule`` / ``text_dim`` unset
+            (they come from the tokenizer checkpoint and the text encoder).
+        text_encoder: ``minilm`` (bundled offline, default), ``t5`` or ``clip``.
+        text_encoder_path: local model directory (required for t5 / clip).
+        text_max_length: text token limit.
+        text_cache: keep each caption's text features in memory (a frozen encoder gives them once).
+        text_cache_dir: also cache them on disk, keyed by the encoder's identity.
+        cfg_dropout: probability that a caption is replaced by the learned null text (reference 0.1).
+        max_flip_prob: BSC p_max in [0, 1], a multiple of 0.01 (reference 0.3; 0 = plain teacher forcing).
+        bsc_requantize: True: BSC re-quantises the targets (the method); False: the "flip without
+            re-quantisation" ablation.
+        learning_rate: peak AdamW learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms, embeddings' 1-D parameters).
+        warmup_steps: linear warm-up from 0, in optimiser steps.
+        lr_schedule: after warm-up, ``cosine`` decay to ``min_lr_ratio``·peak at ``decay_steps``, or
+            ``constant``.
+        decay_steps: end of the cosine decay in optimiser steps; default: the trainer's total steps
+            (``max_steps`` or epochs × batches).
+        min_lr_ratio: final learning rate / peak for the cosine schedule.
+        val_prompts: prompts of the sample grid logged at each validation (empty = no grid).
+        val_cfg: guidance scale of that grid.
+        val_tau: temperature of that grid.
+        val_top_p: top-p of that grid.
+        val_seed: seed of that grid (image i uses val_seed + i).
+
+    Raises:
+        ValueError: bad probabilities or sizes; a transformer config that conflicts with the tokenizer.
+        FileNotFoundError: no tokenizer checkpoint at the path.
+    """
+
+    def __init__(
+        self,
+        tokenizer_checkpoint: str,
+        transformer: TransformerConfig | Mapping[str, Any] | None = None,
+        text_encoder: TextEncoderKind = "minilm",
+        text_encoder_path: str | None = None,
+        text_max_length: int = 64,
+        text_cache: bool = True,
+        text_cache_dir: str | None = None,
+        cfg_dropout: float = 0.1,
+        max_flip_prob: float = 0.3,
+        bsc_requantize: bool = True,
+        learning_rate: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.97),
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        decay_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        val_prompts: list[str] | None = None,
+        val_cfg: float = 3.0,
+        val_tau: float = 1.0,
+        val_top_p: float = 1.0,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if transformer is None:
+            transformer = TransformerConfig()
+        elif isinstance(transformer, Mapping):
+            transformer = TransformerConfig(**dict(transformer))
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if warmup_steps < 0 or (decay_steps is not None and decay_steps < 1):
+            raise ValueError(
+                f"warmup_steps must be >= 0 and decay_steps >= 1, got {warmup_steps}, {decay_steps}"
+            )
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if val_prompts is None:
+            val_prompts = list(DEFAULT_VAL_PROMPTS)
+
+        # Frozen stages first: their values complete the transformer config.
+        self.tokenizer = load_tokenizer(tokenizer_checkpoint)
+        self.text_encoder = build_text_encoder(
+            text_encoder, text_encoder_path, text_max_length, cache=text_cache, cache_dir=text_cache_dir
+        )
+        config = transformer.complete(
+            self.tokenizer.codebook_dim, self.tokenizer.scale_schedule, self.text_encoder.dim
+        )
+        self.transformer = BitwiseTransformer(config)
+        self.bsc = BitwiseSelfCorrection(self.tokenizer.quantizer, max_flip_prob, requantize=bsc_requantize)
+        self._freeze()
+
+        self.save_hyperparameters(ignore=["transformer"])
+        # Plain types, so that checkpoints load with weights_only=True.
+        self.hparams["transformer"] = transformer_config_to_dict(config)
+        self.hparams["val_prompts"] = list(val_prompts)
+
+    # ------------------------------------------------------------------ frozen stages
+    def _freeze(self) -> None:
+        for name in FROZEN:
+            getattr(self, name).eval().requires_grad_(False)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning puts the whole module in train mode when fitting starts; the frozen stages stay in eval
+        # (BERT's dropout would otherwise make the text features random).
+        self._freeze()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The trainable state only: the frozen tokenizer and text encoder are saved by reference."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        frozen = tuple(f"{prefix}{name}." for name in FROZEN)
+        for key in [k for k in state if k.startswith(frozen)]:
+            del state[key]
+        return state
+
+    def _frozen_state(self) -> dict[str, Tensor]:
+        out = {}
+        for name in FROZEN:
+            out.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load the trainable state; the frozen stages keep the weights they were loaded with."""
+        state = dict(state_dict)
+        for k, v in self._frozen_state().items():
+            state.setdefault(k, v)
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loaders that bypass ``load_state_dict`` (the EMA callback's averaged copy) need the frozen weights.
+        frozen = self._frozen_state()
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                for k, v in frozen.items():
+                    checkpoint[key].setdefault(k, v)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.transformer.parameters():
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            betas=tuple(hp.betas),
+        )
+        warmup = hp.warmup_steps
+        total = hp.decay_steps
+        if hp.lr_schedule == "cosine" and total is None:
+            estimated = self.trainer.estimated_stepping_batches
+            if not math.isfinite(estimated):
+                raise ValueError(
+                    "the cosine schedule needs a horizon: set model.decay_steps, or trainer.max_steps / max_epochs"
+                )
+            total = int(estimated)
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if hp.lr_schedule == "constant":
+                return 1.0
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ steps
+    def _unpack(self, batch: Any) -> tuple[Tensor, list[str]]:
+        if not isinstance(batch, Mapping) or "image" not in batch or "caption" not in batch:
+            raise TypeError(
+                "a generator batch must be a dict with 'image' (B, 3, H, W) in [-1, 1] and 'caption' list[str]"
+            )
+        return batch["image"], list(batch["caption"])
+
+    def _teacher_forced(
+        self, images: Tensor, captions: list[str], flips: bool, drop_text: bool
+    ) -> tuple[BSCOutput, Tensor]:
+        with torch.no_grad():
+            latent = self.tokenizer.encode(images)
+        bsc = self.bsc if flips else BitwiseSelfCorrection(self.tokenizer.quantizer, 0.0)
+        out = bsc(latent)
+        text = self.text_encoder(captions)
+        if drop_text and self.hparams.cfg_dropout > 0:
+            drop = torch.rand(len(captions), device=self.device) < self.hparams.cfg_dropout
+            text = self.transformer.drop_text(text, drop)
+        logits = self.transformer(out.inputs, text)
+        return out, logits
+
+    def _metrics(
+        self, stage: str, out: BSCOutput, logits: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        per_token = self.transformer.loss(logits, out.targets, reduction="none")  # (B, L)
+        loss = per_token.mean()
+        with torch.no_grad():
+            predicted = self.transformer.predict_bits(logits)
+            correct = (predicted == out.targets).float().mean(-1)  # (B, L)
+            metrics = {
+                f"{stage}/loss": loss.detach(),
+                f"{stage}/loss_ln2": loss.detach() / math.log(2),
+                f"{stage}/bit_acc": correct.mean(),
+            }
+            for k, (a, b) in enumerate(self.transformer.scale_bounds, start=1):
+                metrics[f"{stage}/loss_scale_{k}"] = per_token[:, a:b].mean().detach()
+                metrics[f"{stage}/bit_acc_scale_{k}"] = correct[:, a:b].mean()
+        return loss, metrics, predicted
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, captions = self._unpack(batch)
+        out, logits = self._teacher_forced(images, captions, flips=True, drop_text=True)
+        loss, metrics, predicted = self._metrics("train", out, logits)
+        metrics["train/flip_prob"] = out.flip_probs.mean()
+        if out.flips.any():
+            rate, baseline = self_correction_rate(
+                out.flips, out.targets, predicted, self.transformer.scale_schedule
+            )
+            if not torch.isnan(rate):
+                metrics["train/self_correction_rate"] = rate
+            if not torch.isnan(baseline):
+                metrics["train/self_correction_baseline"] = baseline
+        metrics["train/lr"] = torch.tensor(self.lr_schedulers().get_last_lr()[0])
+        prog_bar = metrics.pop("train/loss_ln2")
+        self.log_dict(metrics, batch_size=images.shape[0])
+        self.log("train/loss_ln2", prog_bar, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        images, captions = self._unpack(batch)
+        out, logits = self._teacher_forced(images, captions, flips=False, drop_text=False)
+        _, metrics, _ = self._metrics(stage, out, logits)
+        self.log_dict(metrics, batch_size=images.shape[0], sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Sample one image per caption of the batch with the ``val_*`` settings.
+
+        Returns:
+            {"images": (B, 3, H, W) float in [-1, 1], "caption": list[str], "key": list[str] | None}.
+        """
+        captions = list(batch["caption"]) if isinstance(batch, Mapping) else list(batch)
+        seed = self.hparams.val_seed + batch_idx * len(captions)
+        images = self.generate(captions, seed=seed)
+        return {
+            "images": images,
+            "caption": captions,
+            "key": batch.get("key") if isinstance(batch, Mapping) else None,
+        }
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        cfg: float | Sequence[float] | None = None,
+        tau: float | Sequence[float] | None = None,
+        top_p: float | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> Tensor:
+        """Images (N, 3, H, W) float32 in [-1, 1] for ``prompts``; unset settings use the ``val_*`` ones."""
+        hp = self.hparams
+        was_training = self.transformer.training
+        out = sample(
+            self.transformer,
+            self.tokenizer,
+            self.text_encoder,
+            list(prompts),
+            cfg=hp.val_cfg if cfg is None else cfg,
+            tau=hp.val_tau if tau is None else tau,
+            top_p=hp.val_top_p if top_p is None else top_p,
+            seed=hp.val_seed if seed is None else seed,
+        )
+        self.transformer.train(was_training)
+        return out.images
+
+    def on_validation_epoch_end(self) -> None:
+        prompts = self.hparams.val_prompts
+        if not prompts or self.trainer.sanity_checking or self.logger is None:
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if not hasattr(experiment, "add_image") or self.global_rank != 0:
+            return
+        from torchvision.utils import make_grid
+
+        images = self.generate(prompts)
+        grid = make_grid((images.cpu() + 1) / 2, nrow=min(8, len(prompts)), padding=2)  # [-1,1] → [0,1]
+        experiment.add_image("val/samples", grid.clamp(0, 1), self.global_step)
+        experiment.add_text("val/sample_prompts", " | ".join(prompts), self.global_step)
