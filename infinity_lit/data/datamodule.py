@@ -1,0 +1,418 @@
+"""Streaming the shards into training: ``ShardDataset`` (batches, split over ranks and workers) and the
+``ShardDataModule`` LightningDataModule around it.
+
+Splitting. A rank of a DDP job runs ``num_workers`` DataLoader workers; the job has
+N = world_size × max(1, num_workers) *global workers*, global worker g = worker id × world_size + rank
+(ranks interleaved, so that every rank gets data as soon as there are world_size samples). When a split
+has at least ``shard_split_min`` × N shards, global worker g reads shards g, g+N, g+2N, ... of the (for
+training, per-epoch permuted) shard list. Otherwise every global worker reads all shards and keeps the samples whose running index i satisfies i mod N = g: it reads N times the data but
+decodes only its share, and the workers' shares differ by at most one sample, where whole shards
+(256 samples each by default) would leave some workers with far more than others on a small data set.
+Either way each sample goes to exactly one global worker.
+
+Validation/test: shards in manifest order, no shuffling, partial last batches kept, so each sample is
+seen exactly once per epoch across all ranks × workers (ranks may differ by a batch; Lightning's
+epoch-end metric reduction does not need equal counts).
+
+Training: every global worker yields exactly ⌊n_train / N⌋ samples per epoch in full batches (a worker
+whose shards hold fewer samples continues into its shards of the next permutation), so every rank has the
+same number of steps, ``len(train_dataloader())``, and DDP never waits on a rank that ran out. Samples are
+shuffled by the shard permutation and a buffer of ``shuffle_buffer`` undecoded samples per worker, all
+seeded from ``seed`` and the epoch.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from infinity_lit.data.shards import (
+    check_resolution,
+    decode_sample,
+    image_to_uint8,
+    raw_samples,
+    read_manifest,
+    resize_center_crop,
+    split_shards,
+)
+
+__all__ = ["ShardDataModule", "ShardDataset"]
+
+Batch = dict[str, Any]
+
+
+class ShardDataset(IterableDataset):
+    """Batches of one split of a shard directory, for one rank of a (possibly) distributed job.
+
+    Yields dicts ``{"image": float32 (B, 3, resolution, resolution) in [-1, 1], "caption": list[str],
+    "key": list[str]}``. Use with ``DataLoader(dataset, batch_size=None, num_workers=num_workers)``, the
+    same ``num_workers`` as given here (``ShardDataModule`` does this).
+
+    Args:
+        data_dir: directory built by ``infinity-lit data openmoji|folder``.
+        split: "train" or "val".
+        resolution: output side in pixels; images are resized (shorter side) and centre-cropped.
+        batch_size: samples per batch.
+        train: shuffle and yield a fixed number of full batches per worker (see the module docstring);
+            otherwise read in order, each sample once, keeping partial batches.
+        rank: this process's global rank.
+        world_size: number of ranks.
+        num_workers: DataLoader workers per rank (0 = load in the main process).
+        shuffle_buffer: samples held per worker for shuffling (training only).
+        seed: seed of the shard permutation and buffer shuffling (with the epoch).
+        strict: raise on a sample that fails to decode instead of skipping it.
+        shard_split_min: split by whole shards only when every global worker gets at least this many.
+
+    Attributes:
+        epoch: the epoch whose order is produced; set before iterating (``ShardDataModule`` does).
+        skipped: int64 (max(1, num_workers),) in shared memory: samples skipped per worker, all epochs.
+
+    Raises:
+        ValueError: bad resolution, batch size, rank or split. FileNotFoundError: no data.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        resolution: int,
+        batch_size: int,
+        *,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        strict: bool = False,
+        shard_split_min: int = 16,
+    ) -> None:
+        super().__init__()
+        self.resolution = check_resolution(resolution)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 ≤ rank < world_size, got rank={rank}, world_size={world_size}")
+        if num_workers < 0 or shuffle_buffer < 1:
+            raise ValueError(
+                f"need num_workers ≥ 0 and shuffle_buffer ≥ 1, got {num_workers}, {shuffle_buffer}"
+            )
+        self.data_dir = Path(data_dir)
+        self.split = split
+        self.shards = split_shards(self.data_dir, split)
+        self.num_samples = sum(count for _, count in self.shards)
+        self.batch_size = batch_size
+        self.train = train
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.shuffle_buffer, self.seed, self.strict = shuffle_buffer, seed, strict
+        self.shard_split_min = shard_split_min
+        self.epoch = 0
+        self.skipped = torch.zeros(max(1, num_workers), dtype=torch.int64).share_memory_()
+        if not train and self.num_samples < world_size:
+            raise ValueError(
+                f"the {split!r} split has {self.num_samples} samples, fewer than the {world_size} ranks; "
+                "every rank needs at least one"
+            )
+        if train and self.batches_per_worker() == 0:
+            raise ValueError(
+                f"the {split!r} split has {self.num_samples} samples, fewer than one batch of {batch_size} per "
+                f"worker across {self.num_global_workers} workers ({world_size} ranks × {max(1, num_workers)}); "
+                "lower batch_size or num_workers"
+            )
+
+    # ------------------------------------------------------------ sizes
+
+    @property
+    def num_global_workers(self) -> int:
+        return self.world_size * max(1, self.num_workers)
+
+    def _by_shard(self) -> bool:
+        return len(self.shards) >= self.shard_split_min * self.num_global_workers
+
+    def samples_per_worker(self, global_worker: int) -> int:
+        """Samples global worker ``global_worker`` yields per epoch (before any decoding failures)."""
+        n = self.num_global_workers
+        if self.train:
+            return self.num_samples // n
+        if self._by_shard():
+            return sum(count for _, count in self.shards[global_worker::n])
+        return len(range(global_worker, self.num_samples, n))
+
+    def batches_per_worker(self, global_worker: int = 0) -> int:
+        per_worker = self.samples_per_worker(global_worker)
+        if self.train:
+            return per_worker // self.batch_size
+        return -(-per_worker // self.batch_size)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (all its workers together)."""
+        workers = max(1, self.num_workers)
+        return sum(self.batches_per_worker(w * self.world_size + self.rank) for w in range(workers))
+
+    @property
+    def skipped_samples(self) -> int:
+        """Samples skipped because they failed to decode, over all workers and epochs so far."""
+        return int(self.skipped.sum())
+
+    # ------------------------------------------------------------ iteration
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        worker_id, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if workers != max(1, self.num_workers):
+            raise RuntimeError(
+                f"ShardDataset was built for num_workers={self.num_workers} but runs in a DataLoader with "
+                f"{workers if info else 0}; pass the same number to both"
+            )
+        return worker_id, worker_id * self.world_size + self.rank
+
+    def _assigned(self, shards: list[Path], global_worker: int) -> Iterator[dict[str, Any]]:
+        n = self.num_global_workers
+        if self._by_shard():
+            yield from raw_samples(shards[global_worker::n])
+        else:
+            yield from islice(raw_samples(shards), global_worker, None, n)
+
+    def _train_raw(self, global_worker: int) -> Iterator[dict[str, Any]]:
+        """This worker's samples for the epoch, shuffled, then (only if a short share needs padding) those
+        of further shard permutations. Each pass is shuffled on its own so that the first pass is used up
+        before the next begins."""
+        paths = [p for p, _ in self.shards]
+        repeat = 0
+        while True:
+            order = list(paths)
+            # A string seed is hashed with SHA-512 by `random`: identical in every process and rank.
+            random.Random(f"shards:{self.seed}:{self.epoch}:{repeat}").shuffle(order)
+            rng = random.Random(f"buffer:{self.seed}:{self.epoch}:{repeat}:{global_worker}")
+            produced = 0
+            for sample in self._shuffled(self._assigned(order, global_worker), rng):
+                produced += 1
+                yield sample
+            if produced == 0:
+                return
+            repeat += 1
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        buffer: list[dict[str, Any]] = []
+        for sample in samples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decoded(
+        self, samples: Iterator[dict[str, Any]], worker_id: int
+    ) -> Iterator[tuple[str, torch.Tensor, str]]:
+        failures_in_a_row = 0
+        for sample in samples:
+            try:
+                key, image, caption = decode_sample(sample)
+            except ValueError as exc:
+                if self.strict:
+                    raise
+                self.skipped[worker_id] += 1
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+                failures_in_a_row += 1
+                if failures_in_a_row > self.num_samples:
+                    raise RuntimeError(
+                        f"no sample of the {self.split!r} split in {self.data_dir} decodes"
+                    ) from exc
+                continue
+            failures_in_a_row = 0
+            yield key, image_to_uint8(resize_center_crop(image, self.resolution)), caption
+
+    def _batches(self, items: Iterator[tuple[str, torch.Tensor, str]], *, partial: bool) -> Iterator[Batch]:
+        while True:
+            chunk = list(islice(items, self.batch_size))
+            if not chunk or (len(chunk) < self.batch_size and not partial):
+                return
+            keys, images, captions = zip(*chunk)
+            yield {
+                "image": torch.stack(images).float().div_(127.5).sub_(1.0),  # uint8 [0,255] → [-1,1]
+                "caption": list(captions),
+                "key": list(keys),
+            }
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker_id, global_worker = self._worker()
+        if self.train:
+            raw = self._train_raw(global_worker)
+            items = islice(self._decoded(raw, worker_id), self.samples_per_worker(global_worker))
+            return self._batches(items, partial=False)
+        raw = self._assigned([p for p, _ in self.shards], global_worker)
+        return self._batches(self._decoded(raw, worker_id), partial=True)
+
+
+class _EpochDataLoader(DataLoader):
+    """A DataLoader that tells its ``ShardDataset`` the epoch before each pass.
+
+    Lightning calls ``set_epoch`` only on samplers, which an IterableDataset does not have; workers are
+    re-created each pass (not persistent), so they receive the updated epoch.
+    """
+
+    def __init__(self, dataset: ShardDataset, epoch_fn: Callable[[int], int], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
+        self._epoch_fn = epoch_fn
+        self._passes = 0
+
+    def __iter__(self):  # type: ignore[override]
+        self.dataset.epoch = self._epoch_fn(self._passes)  # type: ignore[attr-defined]
+        self._passes += 1
+        return super().__iter__()
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Image–caption batches from webdataset shards, for the tokenizer and the generator.
+
+    Batches are ``{"image": float32 (B, 3, resolution, resolution) in [-1, 1], "caption": list[str],
+    "key": list[str]}``; images are resized (shorter side, antialiased bicubic) and centre-cropped to
+    ``resolution``. Train batches are shuffled and equal in number on every rank; validation and test
+    (both the "val" split) visit each sample exactly once per epoch across ranks and workers. Splitting
+    across DDP ranks and DataLoader workers is done here (see ``infinity_lit.data.datamodule``), so
+    Lightning's distributed sampler is not involved.
+
+    A sample whose image fails to decode is skipped with a warning naming its key and shard and counted in
+    ``skipped_samples``, or, with ``strict``, raises ``ValueError`` naming them.
+
+    Args:
+        data_dir: directory of shards built by ``infinity-lit data openmoji|folder --out DIR``.
+        resolution: side of the square images in pixels (positive, even; the tokenizer checks its stride).
+        batch_size: training batch size per rank.
+        num_workers: DataLoader worker processes per rank (0 loads in the main process).
+        shuffle_buffer: undecoded samples each worker holds for shuffling training data.
+        strict: raise on an undecodable sample instead of skipping it.
+        seed: seed of the training order (combined with the epoch number).
+        val_batch_size: validation/test batch size per rank; ``None`` uses ``batch_size``.
+        pin_memory: pin batches in page-locked memory when CUDA is available.
+
+    Raises:
+        ValueError: bad resolution or sizes. FileNotFoundError (at ``setup``): no shards in ``data_dir``;
+            the message says how to build them.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        resolution: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        strict: bool = False,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        check_resolution(resolution)
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(f"batch sizes must be ≥ 1, got {batch_size} and {val_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be ≥ 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.resolution = resolution
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.strict = strict
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.manifest: dict[str, Any] | None = None
+        self._datasets: dict[str, ShardDataset] = {}
+        self._skipped_before: dict[str, int] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the manifest; raises ``FileNotFoundError`` saying how to build data if there is none."""
+        self.manifest = read_manifest(self.data_dir)
+        built = self.manifest.get("resolution")
+        if built is not None and built < self.resolution:
+            warnings.warn(
+                f"{self.data_dir} was built at {built}px; upsampling to {self.resolution}px", stacklevel=2
+            )
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _epoch_fn(self, passes: int) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else passes
+
+    def _loader(self, name: str, split: str, *, train: bool, batch_size: int) -> DataLoader:
+        if self.manifest is None:
+            self.setup()
+        rank, world = self._rank_world()
+        if name in self._datasets:
+            self._skipped_before[name] = (
+                self._skipped_before.get(name, 0) + self._datasets[name].skipped_samples
+            )
+        dataset = ShardDataset(
+            self.data_dir,
+            split,
+            self.resolution,
+            batch_size,
+            train=train,
+            rank=rank,
+            world_size=world,
+            num_workers=self.num_workers,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            strict=self.strict,
+        )
+        self._datasets[name] = dataset
+        return _EpochDataLoader(
+            dataset,
+            self._epoch_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; ``len()`` = batches per rank per epoch (equal on all ranks)."""
+        return self._loader("train", "train", train=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        """The "val" split in order, each sample once per epoch across ranks and workers."""
+        return self._loader("val", "val", train=False, batch_size=self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Same samples as ``val_dataloader`` (the data sets have no separate test split)."""
+        return self._loader("test", "val", train=False, batch_size=self.val_batch_size)
+
+    @property
+    def skipped_by_loader(self) -> dict[str, int]:
+        """Undecodable samples skipped so far, per loader ("train", "val", "test"), in this process."""
+        names = set(self._datasets) | set(self._skipped_before)
+        return {
+            n: self._skipped_before.get(n, 0)
+            + (self._datasets[n].skipped_samples if n in self._datasets else 0)
+            for n in sorted(names)
+        }
+
+    @property
+    def skipped_samples(self) -> int:
+        """Total undecodable samples skipped so far by this rank's loaders (all workers, all epochs)."""
+        return sum(self.skipped_by_loader.values())
+
+    @property
+    def num_samples(self) -> dict[str, int]:
+        """Samples per split according to the manifest."""
+        if self.manifest is None:
+            self.setup()
+        assert self.manifest is not None
+        return dict(self.manifest["counts"])

@@ -1,0 +1,251 @@
+"""A folder of the user's own images (with captions) to webdataset shards.
+
+Images are found recursively (png, jpg/jpeg, webp, bmp, gif, tif/tiff), EXIF-rotated, composited onto
+white if transparent, resized (shorter side, antialiased bicubic) and centre-cropped to a square, and stored
+as PNG. Captions come from a JSON-lines file of ``{"image": path, "caption": text}`` (paths relative to
+the image folder, or absolute) or, for images it does not list, from a sidecar ``name.txt`` beside
+``name.png``; an image with neither gets an empty caption and is counted. Unreadable images are skipped
+with a warning and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from infinity_lit.data.shards import (
+    ShardSetWriter,
+    check_resolution,
+    encode_png,
+    evenly_spaced,
+    make_manifest,
+    remove_shards,
+    resize_center_crop,
+    reusable_manifest,
+    save_grid,
+    split_of,
+    to_rgb_on_white,
+    write_manifest,
+)
+
+__all__ = ["build_folder_shards", "find_images", "read_captions_jsonl"]
+
+FOLDER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def find_images(images: Path, exclude: Path | None = None) -> list[Path]:
+    """Image files under ``images`` (recursive, sorted), skipping hidden files and anything under ``exclude``."""
+    found = []
+    for path in sorted(images.rglob("*")):
+        rel = path.relative_to(images)
+        if (
+            any(part.startswith(".") for part in rel.parts)
+            or path.suffix.lower() not in FOLDER_IMAGE_SUFFIXES
+        ):
+            continue
+        if exclude is not None and path.resolve().is_relative_to(exclude):
+            continue
+        if path.is_file():
+            found.append(path)
+    return found
+
+
+def read_captions_jsonl(path: Path, images: Path) -> dict[Path, str]:
+    """Read ``{"image": path, "caption": text}`` lines into {resolved image path: caption}.
+
+    Blank lines are ignored; image paths are relative to ``images`` unless absolute.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a line is not such an object (the message gives the
+            line number).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file {str(path)!r} not found")
+    captions: dict[Path, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            image, caption = record["image"], record["caption"]
+            if not isinstance(image, str) or not isinstance(caption, str):
+                raise TypeError("'image' and 'caption' must be strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f'{path}:{number}: expected a JSON object {{"image": "path", "caption": "text"}}, got {line!r} ({exc})'
+            ) from exc
+        target = Path(image) if Path(image).is_absolute() else images / image
+        captions[target.resolve()] = caption.strip()
+    return captions
+
+
+def _key(rel: Path, taken: set[str]) -> str:
+    # webdataset keys end at the first "." of a member name, so the key keeps only safe characters.
+    key = re.sub(r"[^0-9A-Za-z_-]+", "_", rel.with_suffix("").as_posix()).strip("_") or "image"
+    if key in taken:
+        key = f"{key}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}"
+    taken.add(key)
+    return key
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        st = path.stat()
+        h.update(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build_folder_shards(
+    images: str | Path,
+    out: str | Path,
+    resolution: int = 256,
+    *,
+    captions: str | Path | None = None,
+    val_fraction: float = 0.05,
+    shard_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Convert a folder of images (and captions) into webdataset shards in ``out``.
+
+    Writes ``train-*.tar``, ``val-*.tar`` (samples ``{key}.png`` RGB uint8 resolution², ``{key}.txt``,
+    ``{key}.json`` with the source path and original size), ``manifest.json`` and ``preview.png``. The key
+    is the image's path relative to ``images`` without its suffix, with characters other than letters,
+    digits, "_" and "-" replaced by "_". Idempotent: an existing build with the same settings and unchanged
+    input files (sizes and modification times) is returned as is.
+
+    Args:
+        images: folder searched recursively for images.
+        out: output directory (files under it are not taken as input).
+        resolution: image side in pixels (positive, even).
+        captions: optional JSON-lines file of ``{"image": path, "caption": text}``; it takes precedence over
+            sidecar ``.txt`` files.
+        val_fraction: expected fraction of images in the validation split (hash of the key).
+        shard_size: maximum samples per shard.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The manifest dict, with ``skipped`` (reason "unreadable_image"), ``uncaptioned`` (images written
+        with an empty caption), ``upscaled`` (images smaller than ``resolution``) and
+        ``captions_without_image`` (caption lines naming no found image), plus ``reused``: whether an
+        existing build was returned unchanged.
+
+    Raises:
+        FileNotFoundError: ``images`` or ``captions`` missing, or no image files found. ValueError: bad
+            resolution or a malformed captions line.
+    """
+    from tqdm.auto import tqdm
+
+    check_resolution(resolution)
+    split_of("", val_fraction)
+    images, out = Path(images), Path(out)
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder {str(images)!r} not found")
+    files = find_images(images, exclude=out.resolve())
+    if not files:
+        raise FileNotFoundError(
+            f"no images ({', '.join(sorted(FOLDER_IMAGE_SUFFIXES))}) found under {str(images)!r}"
+        )
+    caption_file = Path(captions) if captions is not None else None
+    jsonl = read_captions_jsonl(caption_file, images) if caption_file is not None else {}
+    sidecars = [p.with_suffix(".txt") for p in files if p.with_suffix(".txt").is_file()]
+    inputs = files + sidecars + ([caption_file] if caption_file is not None else [])
+    settings = {
+        "source": "folder",
+        "images": str(images.resolve()),
+        "captions": str(caption_file.resolve()) if caption_file is not None else None,
+        "resolution": resolution,
+        "val_fraction": val_fraction,
+        "shard_size": shard_size,
+        "inputs_fingerprint": _fingerprint(inputs),
+    }
+    existing = reusable_manifest(out, settings)
+    if existing is not None:
+        return {**existing, "reused": True}
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    remove_shards(out)
+    skipped: Counter[str] = Counter()
+    stats: Counter[str] = Counter()
+    preview_ids = set(evenly_spaced(files, 64))
+    preview: list[Image.Image] = []
+    keys: set[str] = set()
+    found = {p.resolve() for p in files}
+    with ShardSetWriter(out, shard_size) as writer:
+        for path in tqdm(files, desc=f"images to {resolution}px shards", unit="image", disable=not progress):
+            rel = path.relative_to(images)
+            try:
+                with Image.open(path) as im:
+                    im.load()
+                    original_size = list(im.size)
+                    image = to_rgb_on_white(ImageOps.exif_transpose(im))
+            except Exception as exc:  # Pillow raises several types for bad files
+                warnings.warn(f"skipping unreadable image {rel.as_posix()}: {exc}", stacklevel=2)
+                skipped["unreadable_image"] += 1
+                continue
+            stats["upscaled"] += min(image.size) < resolution
+            image = resize_center_crop(image, resolution)
+            resolved = path.resolve()
+            if resolved in jsonl:
+                caption, caption_source = jsonl[resolved], "jsonl"
+            elif path.with_suffix(".txt").is_file():
+                caption, caption_source = (
+                    path.with_suffix(".txt").read_text(encoding="utf-8").strip(),
+                    "sidecar",
+                )
+            else:
+                caption, caption_source = "", "none"
+            stats["uncaptioned"] += not caption
+            if path in preview_ids:
+                preview.append(image)
+            key = _key(rel, keys)
+            meta = {
+                "source": "folder",
+                "path": rel.as_posix(),
+                "original_size": original_size,
+                "caption_source": caption_source,
+            }
+            writer.write(split_of(key, val_fraction), key, encode_png(image), caption, meta)
+
+    orphans = sorted(set(jsonl) - found)
+    if orphans:
+        warnings.warn(
+            f"{len(orphans)} caption line(s) name no image found under {images}, e.g. {orphans[0]}",
+            stacklevel=2,
+        )
+    if preview:
+        save_grid(preview, out / "preview.png")
+    command = ["infinity-lit", "data", "folder", "--images", str(images), "--out", str(out)]
+    command += ["--resolution", str(resolution)]
+    if caption_file is not None:
+        command += ["--captions", str(caption_file)]
+    if val_fraction != 0.05:
+        command += ["--val_fraction", str(val_fraction)]
+    if shard_size != 256:
+        command += ["--shard_size", str(shard_size)]
+    manifest = make_manifest(
+        source="folder",
+        resolution=resolution,
+        settings=settings,
+        shards=writer.shards,
+        skipped=dict(sorted(skipped.items())),
+        created_by=shlex.join(command),
+        preview="preview.png" if preview else None,
+        images_found=len(files),
+        uncaptioned=stats["uncaptioned"],
+        upscaled=stats["upscaled"],
+        captions_without_image=len(orphans),
+        build_seconds=round(time.perf_counter() - start, 2),
+    )
+    write_manifest(out, manifest)
+    return {**manifest, "reused": False}
