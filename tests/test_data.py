@@ -539,6 +539,16 @@ def test_folder_builder_bad_jsonl_line(tmp_path: Path) -> None:
         build_folder_shards(tmp_path, tmp_path / "out", 8, captions=captions, progress=False)
 
 
+def test_folder_keys_are_safe_and_unique() -> None:
+    from infinity_lit.data.folder import _key
+
+    taken: set[str] = set()
+    assert _key(Path("holiday/photo.v2.jpg"), taken) == "holiday_photo_v2"
+    assert _key(Path("a b.png"), taken) == "a_b"
+    clash = _key(Path("a_b.png"), taken)
+    assert clash.startswith("a_b-") and len(clash) == len("a_b-") + 8 and "." not in clash
+
+
 # ---------------------------------------------------------------- CLI
 
 
