@@ -1,0 +1,238 @@
+"""Scoring a folder of generated images: FID / KID against a reference set, CLIP score against the prompts.
+
+The result is one JSON-ready record (``metrics.json``) that carries every setting needed to reproduce
+or compare it: the sampling settings read from the folder's ``metadata.jsonl`` (checkpoint, seed, CFG
+scale, temperature τ, ...), the image counts, the reference, the weights used, the metric values, and
+warnings (e.g. sets smaller than the Inception feature dimension). Image range at every boundary:
+PNG files are read as uint8 [0, 255] and go into Inception and CLIP as such.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .clip_score import CLIP_NOT_COMPUTED, ClipScorer, load_clip, resolve_clip_weights
+from .fid import KID_SUBSETS, check_set_sizes, fid_from_features, kid_from_features
+from .images import ImageSet, batched, open_image_set, read_metadata
+from .inception import cache_dir, inception_features, inception_weights_path, load_inception
+
+#: Keys of metadata.jsonl records that are per image, not settings.
+PER_IMAGE_KEYS = ("file", "index", "prompt", "key", "image_seed")
+
+
+def summarize_settings(records: list[dict]) -> dict:
+    """Settings shared by the images of a sample folder: each metadata key (except per-image keys) mapped
+    to its single value, or to the list of its distinct values when images differ.
+
+    A folder whose ``seed`` is per image (``infinity-lit sample`` writes image i's seed, seed + i) is
+    summarised by the seed of its first image, the run seed under that convention.
+    """
+    values: dict[str, list] = {}
+    for rec in records:
+        for k, v in rec.items():
+            if k in PER_IMAGE_KEYS:
+                continue
+            seen = values.setdefault(k, [])
+            if v not in seen:
+                seen.append(v)
+    out = {k: v[0] if len(v) == 1 else v for k, v in values.items()}
+    seeds = values.get("seed", [])
+    if len(seeds) > 1 and len(seeds) == len(records) and all(isinstance(s, int) for s in seeds):
+        out["seed"] = min(seeds)
+        out["seed_rule"] = "image i uses seed + i"
+    return out
+
+
+def _weights_tag(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def cached_features(
+    image_set: ImageSet,
+    get_model: Callable[[], torch.nn.Module],
+    weights_path: Path,
+    batch_size: int = 50,
+    cache: Path | None = None,
+    desc: str | None = None,
+) -> Tensor:
+    """Inception pool3 features of an image set, reused from ``cache`` when the set is unchanged.
+
+    The cache entry is keyed by the set's fingerprint (file names, sizes, modification times, split,
+    selection) and the weights file; a changed folder recomputes.
+
+    Args:
+        image_set: the images (read as uint8 [0, 255]).
+        get_model: returns the Inception feature extractor (called only on a cache miss).
+        weights_path: the Inception weights file (part of the cache key).
+        batch_size: images per forward pass.
+        cache: folder of cached features, or None for no caching.
+        desc: tqdm description.
+
+    Returns:
+        float64 (N, 2048) on CPU.
+    """
+    from tqdm import tqdm
+
+    key = hashlib.sha1(f"{image_set.fingerprint()}|{_weights_tag(weights_path)}".encode()).hexdigest()[:20]
+    path = cache / f"inception-{key}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)["features"]
+    model = get_model()
+    feats = []
+    with tqdm(total=len(image_set), desc=desc, unit="img") as bar:
+        for batch in image_set.batches(batch_size):
+            feats.append(inception_features(model, batch, batch_size))
+            bar.update(len(batch))
+    features = torch.cat(feats) if feats else torch.zeros(0, 2048, dtype=torch.float64)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"features": features, "image_set": image_set.describe()}, tmp)
+        os.replace(tmp, path)
+    return features
+
+
+def _clip_score(image_set: ImageSet, weights: Path, device: str, batch_size: int) -> tuple[float | str, dict]:
+    items = list((key, cap) for key, _, cap in image_set.iter_items())
+    if not items or any(cap is None for _, cap in items):
+        return (
+            "not computed (no captions: the generated folder has no metadata.jsonl prompt for every image)",
+            {},
+        )
+    model, preprocess = load_clip(weights, device)
+    scorer = ClipScorer(model, preprocess)
+    from tqdm import tqdm
+
+    with tqdm(total=len(items), desc="CLIP score", unit="img") as bar:
+        captions = [cap for _, cap in items]
+        start = 0
+        for batch in batched((im for _, im, _ in image_set.iter_items()), batch_size):
+            scorer.update(batch, captions[start : start + len(batch)])
+            start += len(batch)
+            bar.update(len(batch))
+    result = scorer.compute()
+    return result.score, {"clip_truncated_captions": len(result.truncated)}
+
+
+def score_generated(
+    generated: str | Path,
+    reference: str | Path,
+    reference_split: str = "val",
+    max_reference: int | None = None,
+    inception_weights: str | Path | None = None,
+    clip_weights: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 50,
+    kid_subsets: int = KID_SUBSETS,
+    seed: int = 2020,
+    use_feature_cache: bool = True,
+    feature_cache_dir: str | Path | None = None,
+) -> dict:
+    """FID, KID and CLIP score of a folder of generated images, as a ``metrics.json`` record.
+
+    Args:
+        generated: folder of generated PNGs (with ``metadata.jsonl`` from ``eval sample`` for prompts and
+            sampling settings).
+        reference: a shard directory (``reference_split`` is used) or an image folder.
+        reference_split: shard split of the reference ("val" by default).
+        max_reference: use at most this many reference images (None: all).
+        inception_weights: torch-fidelity Inception weights (default: the converted offline weights).
+        clip_weights: local CLIP weights (default ``$INFINITY_LIT_CLIP_WEIGHTS``; none: not computed).
+        device: where the networks run.
+        batch_size: images per forward pass.
+        kid_subsets: number of KID subsets.
+        seed: seed of KID's subset sampling.
+        use_feature_cache: keep / reuse Inception features of unchanged image sets.
+        feature_cache_dir: where cached features live (default ``cache_dir() / "features"``).
+
+    Raises:
+        ValueError: a set has fewer than 2 images. FileNotFoundError: missing folders / weights files.
+    """
+    gen = open_image_set(generated)
+    if gen.kind != "folder":
+        raise ValueError(
+            f"{str(generated)!r} is a shard directory; 'eval score' scores a folder of generated images"
+        )
+    ref = open_image_set(reference, split=reference_split, max_images=max_reference)
+    n_gen, n_ref = len(gen), len(ref)
+    warnings_ = check_set_sizes(n_gen, n_ref)
+
+    weights_path = inception_weights_path(inception_weights)
+    cache = None
+    if use_feature_cache:
+        cache = Path(feature_cache_dir) if feature_cache_dir is not None else cache_dir() / "features"
+    model: list[torch.nn.Module] = []
+
+    def get_model() -> torch.nn.Module:
+        if not model:
+            model.append(load_inception(weights_path, device))
+        return model[0]
+
+    f_gen = cached_features(gen, get_model, weights_path, batch_size, cache, "Inception (generated)")
+    f_ref = cached_features(ref, get_model, weights_path, batch_size, cache, "Inception (reference)")
+    fid = fid_from_features(f_gen, f_ref)
+    kid_mean, kid_std, kid_size = kid_from_features(f_gen, f_ref, subsets=kid_subsets, seed=seed)
+
+    clip_path = resolve_clip_weights(clip_weights)
+    if clip_path is None:
+        clip_value, clip_info = CLIP_NOT_COMPUTED, {}
+    else:
+        clip_value, clip_info = _clip_score(gen, clip_path, device, batch_size)
+    if clip_info.get("clip_truncated_captions"):
+        warnings_.append(
+            f"{clip_info['clip_truncated_captions']} caption(s) truncated to CLIP's 77-token context"
+        )
+
+    records = read_metadata(generated)
+    return {
+        "kind": "generation",
+        "generated": str(generated),
+        "reference": ref.describe(),
+        "num_images": n_gen,
+        "num_reference_images": n_ref,
+        "sampling": summarize_settings(records),
+        "weights": {"inception": str(weights_path), "clip": str(clip_path) if clip_path else None},
+        "metrics": {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "clip_score": clip_value},
+        "settings": {
+            "kid_subsets": kid_subsets,
+            "kid_subset_size": kid_size,
+            "kid_seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "image_range": "uint8 [0,255] PNG pixels into Inception (resized to 299 inside) and CLIP",
+        },
+        "warnings": warnings_,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_metrics_json(record: dict, path: str | Path) -> Path:
+    """Write a metrics record as indented JSON (non-finite floats as strings "inf"/"nan"), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_json_safe(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

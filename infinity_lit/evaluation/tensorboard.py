@@ -1,0 +1,109 @@
+"""TensorBoard helpers for comparing runs: hyper-parameters with final metrics, and reading scalars back.
+
+Runs of one study share a parent log folder (``runs/<study>/<arm>/version_<n>/``); pointing TensorBoard at
+the parent (``tensorboard --logdir runs/<study>``) shows every arm's curves together, and the HParams tab
+lists each run's hyper-parameters beside the final metrics logged with ``log_hparams_with_metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: Scalar tags of per-scale validation metrics: ``val/psnr_scale_3``, ``val/bit_acc_scale_3``.
+PER_SCALE_TAG = re.compile(r"^(?P<prefix>.*?)(?P<metric>psnr|bit_acc)_scale_(?P<k>\d+)$")
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            out[name] = "None" if value is None else value
+        else:
+            # TensorBoard's HParams plugin takes only scalars and strings; lists (a scale schedule) become text.
+            out[name] = str(value)
+    return out
+
+
+def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numeric entries of a (nested) metrics mapping, keys joined with "/"; strings such as
+    the CLIP score's "not computed (...)" and non-finite values are left out."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(numeric_metrics(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def log_hparams_with_metrics(
+    logger: Any, hparams: Mapping[str, Any], metrics: Mapping[str, Any]
+) -> dict[str, float]:
+    """Log a run's hyper-parameters together with its final metrics (TensorBoard's HParams tab).
+
+    Args:
+        logger: a Lightning ``TensorBoardLogger`` (e.g. ``trainer.logger``), or a log folder path, for which
+            one is created writing into that folder.
+        hparams: nested mapping of hyper-parameters; nested keys are joined with "/", lists become text.
+        metrics: nested mapping of final metrics (e.g. ``{"eval": {"fid": 12.3}}`` → ``eval/fid``);
+            non-numeric entries are skipped.
+
+    Returns:
+        the numeric metrics that were logged.
+
+    Raises:
+        ValueError: no numeric metric to log.
+    """
+    values = numeric_metrics(metrics)
+    if not values:
+        raise ValueError(f"no numeric metric to log among {sorted(metrics)}")
+    own = isinstance(logger, (str, Path))
+    if own:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(save_dir=str(logger), name="", version="", default_hp_metric=False)
+    logger.log_hyperparams(_flatten(hparams), metrics=values)
+    # A trainer's logger stays open for the trainer; one made here is closed.
+    logger.finalize("success") if own else logger.save()
+    return values
+
+
+def event_dirs(root: str | Path) -> list[Path]:
+    """Folders under ``root`` (itself included) that hold TensorBoard event files, sorted."""
+    root = Path(root)
+    return sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+
+
+def read_scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of the event files directly in ``logdir``: tag → [(step, value), ...] by step.
+
+    Uses tensorboard's ``EventAccumulator`` with no down-sampling.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={SCALARS: 0})
+    acc.Reload()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for tag in acc.Tags().get(SCALARS, []):
+        # A resumed run may log a step twice: the last value wins.
+        series = {e.step: float(e.value) for e in acc.Scalars(tag)}
+        out[tag] = sorted(series.items())
+    return out
+
+
+def per_scale_values(scalars: Mapping[str, list[tuple[int, float]]]) -> dict[str, dict[int, float]]:
+    """Last value of each per-scale series, grouped: ``{"val/psnr": {1: 14.2, 2: 16.0, ...}, ...}``."""
+    out: dict[str, dict[int, float]] = {}
+    for tag, series in scalars.items():
+        m = PER_SCALE_TAG.match(tag)
+        if m and series:
+            out.setdefault(f"{m['prefix']}{m['metric']}", {})[int(m["k"])] = series[-1][1]
+    return {name: dict(sorted(v.items())) for name, v in sorted(out.items())}

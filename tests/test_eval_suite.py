@@ -1,0 +1,411 @@
+"""The evaluation suite end to end on real OpenMoji images: sampling to folders (resumable), ``eval score``,
+``eval recon``, ``eval report`` and the TensorBoard helpers."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infinity_lit.evaluation.cli import main
+from infinity_lit.evaluation.clip_score import CLIP_NOT_COMPUTED, ENV_CLIP_WEIGHTS
+from infinity_lit.evaluation.images import list_images, read_image, read_metadata, write_png
+from infinity_lit.evaluation.inception import ENV_CACHE, ENV_WEIGHTS, inception_weights_path
+from infinity_lit.evaluation.reconstruction import psnr
+from infinity_lit.evaluation.sampling import read_prompts, sample_to_folder
+from infinity_lit.evaluation.tensorboard import (
+    event_dirs,
+    log_hparams_with_metrics,
+    per_scale_values,
+    read_scalars,
+)
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_CACHE, str(cache))
+        mp.delenv(ENV_WEIGHTS, raising=False)
+        return inception_weights_path()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No user CLIP weights and a private cache folder (feature caches) for every test."""
+    monkeypatch.delenv(ENV_CLIP_WEIGHTS, raising=False)
+    monkeypatch.delenv(ENV_WEIGHTS, raising=False)
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from infinity_lit.evaluation.clip_score import _import_clip
+
+    clip = _import_clip()
+    torch.manual_seed(0)
+    model = clip.model.CLIP(32, 32, 1, 64, 16, 77, 49408, 64, 1, 1)
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def make_sample_folder(
+    openmoji_shards: Path, out: Path, n: int = 8, cfg: float = 4.0, offset: int = 0
+) -> Path:
+    """A sample folder as ``eval sample`` writes it, from real OpenMoji training images and captions
+    (training samples ``offset`` … ``offset + n - 1``)."""
+    from itertools import islice
+
+    from infinity_lit.data.shards import image_to_uint8, iter_samples
+
+    out.mkdir(parents=True)
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as meta:
+        samples = islice(iter_samples(openmoji_shards, "train"), offset, offset + n)
+        for i, (_, image, caption) in enumerate(samples):
+            write_png(image_to_uint8(image), out / f"{i:06d}.png")
+            rec = {"file": f"{i:06d}.png", "index": i, "prompt": caption, "image_seed": 7 + i}
+            rec |= {"checkpoint": "gen.ckpt", "cfg": cfg, "tau": 1.0, "top_p": 1.0, "seed": 7}
+            meta.write(json.dumps(rec) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+def fake_sampler(calls: list):
+    """A deterministic stand-in for the generator: pixels depend only on (prompt, seed)."""
+
+    def sample_fn(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        calls.append(list(seeds))
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            g = torch.Generator().manual_seed(seed * 1000 + len(prompt))
+            out.append(torch.rand(3, 8, 8, generator=g) * 2 - 1)
+        return torch.stack(out)
+
+    return sample_fn
+
+
+def test_sample_to_folder_is_resumable_and_deterministic(tmp_path):
+    prompts = [f"prompt {i}" for i in range(5)]
+    calls: list = []
+    out = tmp_path / "samples"
+    result = sample_to_folder(fake_sampler(calls), prompts, out, seed=3, batch_size=2, settings={"cfg": 2.0})
+    assert result == {"written": 5, "skipped": 0, "total": 5}
+    assert calls == [[3, 4], [5, 6], [7]]
+    assert [p.name for p in list_images(out)] == [f"{i:06d}.png" for i in range(5)]
+    records = read_metadata(out)
+    assert [r["prompt"] for r in records] == prompts and all(
+        r["cfg"] == 2.0 and r["seed"] == 3 for r in records
+    )
+    # Saved as uint8 [0, 255] from [-1, 1]: check one image against the sampler's own output.
+    expected = ((fake_sampler([])(["prompt 2"], [5])[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    assert torch.equal(read_image(out / "000002.png"), expected)
+
+    before = read_image(out / "000003.png")
+    calls.clear()
+    assert (
+        sample_to_folder(fake_sampler(calls), prompts, out, seed=3, batch_size=2, settings={"cfg": 2.0})[
+            "written"
+        ]
+        == 0
+    )
+    assert calls == []
+    (out / "000003.png").unlink()
+    sample_to_folder(fake_sampler(calls), prompts, out, seed=3, batch_size=4, settings={"cfg": 2.0})
+    assert calls == [[6]]  # only the missing image, with its own seed
+    assert torch.equal(read_image(out / "000003.png"), before)
+
+    with pytest.raises(ValueError, match="other settings"):
+        sample_to_folder(fake_sampler(calls), prompts, out, seed=3, settings={"cfg": 3.0})
+    with pytest.raises(ValueError, match="other settings"):
+        sample_to_folder(fake_sampler(calls), prompts, out, seed=4, settings={"cfg": 2.0})
+    with pytest.raises(ValueError, match="prompt 1 is now"):
+        sample_to_folder(fake_sampler(calls), ["prompt 0", "other"], out, seed=3, settings={"cfg": 2.0})
+
+
+def test_read_prompts_formats(tmp_path):
+    (tmp_path / "p.txt").write_text("# comment\na cat\n\n  a dog  \n", encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n{"caption": "a dog"}\n', encoding="utf-8")
+    (tmp_path / "p.json").write_text('["a cat", "a dog"]', encoding="utf-8")
+    for name in ("p.txt", "p.jsonl", "p.json"):
+        assert read_prompts(tmp_path / name) == ["a cat", "a dog"]
+    (tmp_path / "empty.txt").write_text("\n# only a comment\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+
+
+def tiny_tokenizer_checkpoint(path: Path) -> Path:
+    from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(
+        codebook_dim=4,
+        scale_schedule=[(1, 1), (2, 2), (4, 4)],
+        base_channels=8,
+        channel_multipliers=[1, 1, 2, 2],
+        num_res_blocks=1,
+        num_groups=4,
+    )
+    tok = BitwiseTokenizer(cfg)
+    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
+    torch.save({"hyper_parameters": {"tokenizer": cfg.to_dict()}, "state_dict": state}, path)
+    return path
+
+
+def test_eval_sample_with_tiny_generator(tmp_path):
+    from infinity_lit.generator.module import transformer_config_to_dict
+    from infinity_lit.generator.transformer import BitwiseTransformer, TransformerConfig
+    from infinity_lit.tokenizer import load_tokenizer
+
+    tok_path = tiny_tokenizer_checkpoint(tmp_path / "tok.ckpt")
+    tok = load_tokenizer(tok_path)
+    config = TransformerConfig.preset("tiny")
+    torch.manual_seed(1)
+    model = BitwiseTransformer(config.complete(tok.codebook_dim, tok.scale_schedule, 384))
+    hparams = {
+        "transformer": transformer_config_to_dict(config),
+        "tokenizer_checkpoint": str(tok_path),
+        "text_encoder": "minilm",
+        "text_max_length": 16,
+    }
+    state = {f"transformer.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, tmp_path / "gen.ckpt")
+    (tmp_path / "prompts.txt").write_text("a red apple\na smiling face\na cat\n", encoding="utf-8")
+
+    out = tmp_path / "samples"
+    args = ["sample", "--checkpoint", str(tmp_path / "gen.ckpt"), "--prompts", str(tmp_path / "prompts.txt")]
+    args += ["--out", str(out), "--cfg", "2.0", "--seed", "5", "--batch_size", "2"]
+    assert main(args) == {"written": 3, "skipped": 0, "total": 3}
+    images = [read_image(p) for p in list_images(out)]
+    assert len(images) == 3 and all(im.shape == (3, 32, 32) for im in images)
+    records = read_metadata(out)
+    assert [r["image_seed"] for r in records] == [5, 6, 7] and all(r["cfg"] == 2.0 for r in records)
+    (out / "000001.png").unlink()
+    assert main(args)["written"] == 1
+    assert torch.equal(read_image(out / "000001.png"), images[1])  # same seed, same pixels
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+
+def test_eval_score_on_openmoji(tmp_path, openmoji_shards, inception_weights, tiny_clip, monkeypatch):
+    import torch_fidelity
+
+    from infinity_lit.data.shards import image_to_uint8, iter_samples
+
+    gen = make_sample_folder(openmoji_shards, tmp_path / "samples", n=6)
+    out = tmp_path / "metrics.json"
+    args = ["score", "--generated", str(gen), "--reference", str(openmoji_shards), "--max_reference", "8"]
+    args += ["--inception_weights", str(inception_weights), "--kid_subsets", "10", "--out", str(out)]
+    main(args)
+    rec = json.loads(out.read_text(encoding="utf-8"))
+    assert rec["num_images"] == 6 and rec["num_reference_images"] == 8
+    assert rec["metrics"]["clip_score"] == CLIP_NOT_COMPUTED
+    assert (
+        rec["sampling"]["cfg"] == 4.0
+        and rec["sampling"]["seed"] == 7
+        and rec["sampling"]["checkpoint"] == "gen.ckpt"
+    )
+    assert rec["weights"]["inception"] == str(inception_weights) and rec["weights"]["clip"] is None
+    assert any("fewer than the feature dimension" in w for w in rec["warnings"])
+    assert rec["settings"]["kid_subset_size"] == 6
+    assert rec["reference"] == {
+        "kind": "shards",
+        "path": str(openmoji_shards),
+        "split": "val",
+        "max_images": 8,
+    }
+
+    # The same FID from torch-fidelity reading the folders itself (the reference written out as PNGs).
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    for i, (_, image, _) in zip(range(8), iter_samples(openmoji_shards, "val")):
+        write_png(image_to_uint8(image), ref_dir / f"{i:04d}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = torch_fidelity.calculate_metrics(
+            input1=str(gen),
+            input2=str(ref_dir),
+            fid=True,
+            cuda=False,
+            cache=False,
+            save_cpu_ram=True,
+            verbose=False,
+            feature_extractor_weights_path=str(inception_weights),
+        )
+    assert rec["metrics"]["fid"] == pytest.approx(expected["frechet_inception_distance"], rel=1e-4)
+    assert rec["metrics"]["fid"] > 1
+
+    # Second run: Inception features come from the cache (loading the network would fail), and with CLIP
+    # weights the CLIP score is a number.
+    def no_inception(*a, **k):
+        raise AssertionError("features should come from the cache")
+
+    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", no_inception)
+    main([*args, "--clip_weights", str(tiny_clip)])
+    rec2 = json.loads(out.read_text(encoding="utf-8"))
+    assert rec2["metrics"]["fid"] == pytest.approx(rec["metrics"]["fid"], rel=1e-12)
+    assert isinstance(rec2["metrics"]["clip_score"], float) and 0 <= rec2["metrics"]["clip_score"] <= 100
+    assert rec2["weights"]["clip"] == str(tiny_clip)
+
+
+def test_eval_score_rejects_tiny_sets(tmp_path, inception_weights):
+    one = tmp_path / "one"
+    one.mkdir()
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), one / "a.png")
+    with pytest.raises(ValueError, match="at least 2 images"):
+        main(
+            [
+                "score",
+                "--generated",
+                str(one),
+                "--reference",
+                str(one),
+                "--inception_weights",
+                str(inception_weights),
+            ]
+        )
+
+
+# ------------------------------------------------------------------------------------------------ recon
+
+
+def test_eval_recon_on_openmoji(tmp_path, openmoji_shards, inception_weights):
+    from infinity_lit.data.shards import load_split
+    from infinity_lit.tokenizer import load_tokenizer
+
+    ckpt = tiny_tokenizer_checkpoint(tmp_path / "tok.ckpt")
+    out = tmp_path / "recon"
+    args = ["recon", "--tokenizer", str(ckpt), "--data", str(openmoji_shards), "--out", str(out)]
+    args += ["--max_images", "6", "--batch_size", "4", "--inception_weights", str(inception_weights)]
+    main(args)
+    path = out / "metrics.json"
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    m = rec["metrics"]
+    assert rec["kind"] == "reconstruction" and rec["num_images"] == 6
+    assert sorted(m["psnr_per_scale"]) == ["1", "2", "3"] and m["psnr"] == m["psnr_per_scale"]["3"]
+    assert m["rfid"] > 0 and any("fewer than the feature dimension" in w for w in rec["warnings"])
+
+    # Independent: the tokenizer's own progressive reconstruction of the same 6 validation images.
+    images, _, _ = load_split(openmoji_shards, "val", 32)
+    x = images[:6].float() / 127.5 - 1
+    tok = load_tokenizer(ckpt)
+    for k in (1, 2, 3):
+        assert m["psnr_per_scale"][str(k)] == pytest.approx(
+            float(psnr(tok.reconstruct(x, num_scales=k).clamp(-1, 1), x)), abs=1e-4
+        )
+
+    mtime = path.stat().st_mtime_ns
+    main(args)  # same inputs: nothing recomputed
+    assert path.stat().st_mtime_ns == mtime
+
+
+# ------------------------------------------------------------------------------------------------ TensorBoard
+
+
+def write_run(root: Path, scale: float) -> None:
+    """A run folder as training writes it: Lightning TensorBoard events with curves and per-scale scalars."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(save_dir=str(root), name="", version="version_0", default_hp_metric=False)
+    for step in range(0, 50, 10):
+        logger.log_metrics({"train/loss": scale * np.exp(-step / 20), "train/lr": 1e-4}, step=step)
+    for k in range(1, 4):
+        logger.log_metrics(
+            {f"val/psnr_scale_{k}": 10 + scale * k, f"val/bit_acc_scale_{k}": 0.5 + 0.1 * k}, step=40
+        )
+    logger.finalize("success")
+
+
+def test_log_hparams_with_metrics_round_trip(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    logged = log_hparams_with_metrics(
+        tmp_path,
+        {"model": {"max_flip_prob": 0.3, "scale_schedule": [[1, 1], [2, 2]]}, "seed": 0},
+        {"eval": {"fid": 12.5, "clip_score": CLIP_NOT_COMPUTED}, "psnr": 21.0},
+    )
+    assert logged == {"eval/fid": 12.5, "psnr": 21.0}
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = start.session_start_info.hparams
+    assert hp["model/max_flip_prob"].number_value == pytest.approx(0.3)
+    assert hp["model/scale_schedule"].string_value == "[[1, 1], [2, 2]]"
+    assert read_scalars(tmp_path)["eval/fid"] == [(0, 12.5)]
+    with pytest.raises(ValueError, match="no numeric metric"):
+        log_hparams_with_metrics(tmp_path, {"a": 1}, {"clip_score": CLIP_NOT_COMPUTED})
+
+
+def test_read_scalars_and_per_scale(tmp_path):
+    write_run(tmp_path / "run", scale=2.0)
+    dirs = event_dirs(tmp_path)
+    assert dirs == [tmp_path / "run" / "version_0"]
+    scalars = read_scalars(dirs[0])
+    assert [s for s, _ in scalars["train/loss"]] == [0, 10, 20, 30, 40]
+    assert scalars["train/loss"][0][1] == pytest.approx(2.0)
+    per = per_scale_values(scalars)
+    assert per["val/psnr"] == pytest.approx({1: 12.0, 2: 14.0, 3: 16.0})
+    assert per["val/bit_acc"] == pytest.approx({1: 0.6, 2: 0.7, 3: 0.8})
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def test_eval_report_on_two_runs(tmp_path, openmoji_shards, inception_weights):
+    runs = []
+    for offset, (name, scale, cfg) in enumerate((("arm_a", 1.0, 4.0), ("arm_b", 3.0, 2.0))):
+        root = tmp_path / "study" / name
+        write_run(root, scale)
+        samples = make_sample_folder(
+            openmoji_shards, root / "eval" / "samples", n=4, cfg=cfg, offset=4 * offset
+        )
+        args = ["score", "--generated", str(samples), "--reference", str(openmoji_shards)]
+        main(
+            [
+                *args,
+                "--inception_weights",
+                str(inception_weights),
+                "--kid_subsets",
+                "5",
+                "--max_reference",
+                "8",
+            ]
+        )
+        runs.append(root)
+    # A reconstruction record with per-scale PSNR, as eval recon writes it.
+    recon = {"kind": "reconstruction", "num_images": 6, "metrics": {"psnr": 21.5, "ssim": 0.7, "rfid": 3.25}}
+    recon["metrics"]["psnr_per_scale"] = {"1": 14.0, "2": 18.0, "3": 21.5}
+    (runs[0] / "eval" / "recon").mkdir(parents=True)
+    (runs[0] / "eval" / "recon" / "metrics.json").write_text(json.dumps(recon), encoding="utf-8")
+
+    out = tmp_path / "report"
+    html_path, md_path = main(["report", *map(str, runs), "--out", str(out), "--title", "BSC study"])
+    page = html_path.read_text(encoding="utf-8")
+    md = md_path.read_text(encoding="utf-8")
+    fids = [json.loads((r / "eval" / "samples" / "metrics.json").read_text())["metrics"]["fid"] for r in runs]
+    assert f"{fids[0]:.2f}" != f"{fids[1]:.2f}"  # different samples, different FIDs
+    for text in (page, md):
+        assert "BSC study" in text and "arm_a" in text and "arm_b" in text
+        for fid in fids:
+            assert f"{fid:.2f}" in text
+        assert "21.50" in text and "3.25" in text and "0.7000" in text  # recon row
+        assert CLIP_NOT_COMPUTED in text
+        assert "fewer than the feature dimension" in text
+    # Self-contained: every picture inline, nothing fetched from elsewhere.
+    assert page.count("data:image/png;base64,") >= 2 + 2 * 4  # curves, per-scale, 2 × 4 samples
+    assert not re.search(r"""src=['"](?!data:)""", page)
+    for name in re.findall(r"\(assets/([^)]+)\)", md):
+        assert (out / "assets" / name).is_file()
+    assert (out / "assets" / "per_scale.png").is_file() and (out / "assets" / "curves_0.png").is_file()
