@@ -55,19 +55,12 @@ class LeCamEMA(nn.Module):
         self.decay = float(decay)
         self.register_buffer("ema_real", torch.zeros(()))
         self.register_buffer("ema_fake", torch.zeros(()))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
     def update(self, logits_real: Tensor, logits_fake: Tensor) -> None:
-        """Fold the batch means of D(x) and D(x̂) into the running means (the first call sets them)."""
-        real, fake = logits_real.float().mean(), logits_fake.float().mean()
-        if not bool(self.initialized):
-            self.ema_real.copy_(real)
-            self.ema_fake.copy_(fake)
-            self.initialized.fill_(True)
-        else:
-            self.ema_real.lerp_(real, 1.0 - self.decay)
-            self.ema_fake.lerp_(fake, 1.0 - self.decay)
+        """Fold the batch means of D(x) and D(x̂) into the running means (which start at 0)."""
+        self.ema_real.lerp_(logits_real.float().mean(), 1.0 - self.decay)
+        self.ema_fake.lerp_(logits_fake.float().mean(), 1.0 - self.decay)
 
     def forward(self, logits_real: Tensor, logits_fake: Tensor) -> Tensor:
         """``mean(relu(D(x) − α_F)²) + mean(relu(α_R − D(x̂))²)``, scalar float32 (≥ 0)."""

@@ -14,6 +14,7 @@ checkpoint without importing Lightning.
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -308,6 +309,13 @@ class BitwiseTokenizer(nn.Module):
 
 # ---------------------------------------------------------------------------------------- checkpoints
 
+_SAFE_CHECKPOINT_GLOBALS = [
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+    pathlib.PurePosixPath,
+    pathlib.PureWindowsPath,
+]
+
 
 def load_tokenizer(
     path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True
@@ -338,7 +346,9 @@ def load_tokenizer(
             "(e.g. runs/tokenizer/<name>/version_<n>/checkpoints/last.ckpt)"
         )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        # Data modules may store paths among their hyper-parameters; they are plain data.
+        with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint: {err}") from err
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None

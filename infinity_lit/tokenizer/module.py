@@ -368,7 +368,7 @@ class TokenizerModule(pl.LightningModule):
 
     def _log_skipped(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        skipped = getattr(datamodule, "num_skipped", None)
+        skipped = getattr(datamodule, "skipped_samples", None)
         if skipped is not None:
             self.log("data/skipped_samples", float(skipped), rank_zero_only=True)
 
