@@ -409,3 +409,28 @@ def test_eval_report_on_two_runs(tmp_path, openmoji_shards, inception_weights):
     for name in re.findall(r"\(assets/([^)]+)\)", md):
         assert (out / "assets" / name).is_file()
     assert (out / "assets" / "per_scale.png").is_file() and (out / "assets" / "curves_0.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+EVAL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "eval" / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EVAL_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_eval_configs_parse(path):
+    """Every evaluation config parses as its subcommand (the folder name) with every required option set."""
+    from infinity_lit.evaluation.cli import COMMANDS, build_parser
+
+    command = path.parent.name
+    assert command in COMMANDS
+    cfg = build_parser().parse_args([command, "--config", str(path)])
+    assert cfg.command == command
+    if command == "sample":
+        assert cfg.sample.cfg == 4.0 and cfg.sample.tau == 1.0  # the reference evaluation settings
+        assert (cfg.sample.prompts is None) != (cfg.sample.captions_from is None)
+        if cfg.sample.prompts is not None:
+            assert len(read_prompts(Path(__file__).resolve().parents[1] / cfg.sample.prompts)) == 64
+
+
+def test_eval_configs_exist():
+    assert {p.parent.name for p in EVAL_CONFIGS} == {"sample", "score", "recon"}
