@@ -39,7 +39,12 @@ def bench_inception(device: str, num_images: int, batch_size: int, size: int) ->
     inception_features(model, images.to(device), batch_size)
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"what": "inception_pool3", "image_size": size, "images_per_s": num_images / seconds, "seconds": seconds}
+    return {
+        "what": "inception_pool3",
+        "image_size": size,
+        "images_per_s": num_images / seconds,
+        "seconds": seconds,
+    }
 
 
 def bench_clip(device: str, num_images: int, batch_size: int, size: int) -> dict:
