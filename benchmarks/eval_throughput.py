@@ -7,8 +7,10 @@ Inception: torch-fidelity's ``FeatureExtractorInceptionV3`` with the offline con
 (B, 3, S, S) inputs (random pixels; the cost does not depend on content), resized to 299 inside.
 CLIP: a randomly initialised ``clip.model.CLIP`` with ViT-B/32's shape (12 × 768 vision, 12 × 512 text,
 224 px, 151M parameters; no weights are downloaded), scored through ``ClipScorer`` including CLIP's PIL
-preprocessing and the tokenizer, i.e. what ``eval score`` does per image. Prints one JSON line per
-measurement (after a warm-up batch).
+preprocessing and the tokenizer, i.e. what ``eval score`` does per image. FID distance: the
+seconds torch-fidelity needs to turn two 2048-d feature sets into a FID (dominated by the eigenvalues of
+a 2048×2048 matrix, independent of the image count). Prints one JSON line per measurement (after a
+warm-up batch).
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ def bench_inception(device: str, num_images: int, batch_size: int, size: int) ->
         "image_size": size,
         "images_per_s": num_images / seconds,
         "seconds": seconds,
+    }
+
+
+def bench_fid_distance(device: str, num_images: int, batch_size: int, size: int) -> dict:
+    """The distance itself: torch-fidelity's statistics + eigenvalue-based trace sqrt on 2048-d features."""
+    from infinity_lit.evaluation.fid import fid_from_features
+
+    g = torch.Generator().manual_seed(0)
+    f1 = torch.randn(max(num_images, 2), 2048, generator=g, dtype=torch.float64)
+    f2 = torch.randn(max(num_images, 2), 2048, generator=g, dtype=torch.float64)
+    start = time.perf_counter()
+    fid_from_features(f1, f2)
+    return {
+        "what": "fid_from_2048d_features",
+        "num_features": len(f1),
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -93,7 +111,7 @@ def main() -> None:
     parser.add_argument("--num_images", type=int, default=64, help="images per measurement")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--image_size", type=int, default=256, help="side of the uint8 input images")
-    parser.add_argument("--only", choices=["inception", "clip"], default=None)
+    parser.add_argument("--only", choices=["inception", "fid", "clip"], default=None)
     args = parser.parse_args()
     env = {
         "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
@@ -105,7 +123,7 @@ def main() -> None:
         "num_images": args.num_images,
     }
     with torch.inference_mode():
-        for name, fn in (("inception", bench_inception), ("clip", bench_clip)):
+        for name, fn in (("inception", bench_inception), ("fid", bench_fid_distance), ("clip", bench_clip)):
             if args.only in (None, name):
                 result = fn(args.device, args.num_images, args.batch_size, args.image_size)
                 print(json.dumps({**result, **env}), flush=True)

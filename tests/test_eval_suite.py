@@ -326,26 +326,69 @@ def write_run(root: Path, scale: float) -> None:
     logger.finalize("success")
 
 
-def test_log_hparams_with_metrics_round_trip(tmp_path):
+def hparams_experiment(logdir: Path):
+    """The HParams table as TensorBoard's own HParams backend builds it for ``logdir``."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(data_provider=MultiplexerDataProvider(mux, str(logdir)), logdir=str(logdir))
+    ctx, rc = backend_context.Context(tb), context.RequestContext()
+    return ctx.experiment_from_metadata(
+        rc, "", True, ctx.hparams_metadata(rc, ""), ctx.hparams_from_data_provider(rc, "", 0)
+    )
+
+
+def test_log_hparams_with_metrics_fills_the_hparams_tab(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    logged = log_hparams_with_metrics(
-        tmp_path,
-        {"model": {"max_flip_prob": 0.3, "scale_schedule": [[1, 1], [2, 2]]}, "seed": 0},
-        {"eval": {"fid": 12.5, "clip_score": CLIP_NOT_COMPUTED}, "psnr": 21.0},
-    )
-    assert logged == {"eval/fid": 12.5, "psnr": 21.0}
-    acc = EventAccumulator(str(tmp_path))
+    study = tmp_path / "study"
+    for arm, flip, fid in (("arm_a", 0.0, 9.76), ("arm_b", 0.3, 3.33)):
+        logger = TensorBoardLogger(str(study), name=arm, version="version_0", default_hp_metric=False)
+        logger.log_hyperparams({"max_flip_prob": flip})  # what the Trainer does at fit start
+        for step in range(3):
+            logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        logged = log_hparams_with_metrics(
+            logger,
+            {"model": {"max_flip_prob": flip, "scale_schedule": [[1, 1], [2, 2]]}, "seed": 0},
+            {"eval": {"fid": fid, "clip_score": CLIP_NOT_COMPUTED}, "psnr": 21.0},
+            step=2,
+        )
+        logger.finalize("success")
+        assert logged == {"eval/fid": fid, "psnr": 21.0}
+
+    experiment = hparams_experiment(study)
+    assert sorted(h.name for h in experiment.hparam_infos) == [
+        "model/max_flip_prob",
+        "model/scale_schedule",
+        "seed",
+    ]
+    assert {m.name.tag for m in experiment.metric_infos} == {"eval/fid", "psnr", "train/loss"}
+
+    acc = EventAccumulator(str(study / "arm_b" / "version_0"))
     acc.Reload()
-    content = acc.PluginTagToContent("hparams")
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    )
     hp = start.session_start_info.hparams
     assert hp["model/max_flip_prob"].number_value == pytest.approx(0.3)
     assert hp["model/scale_schedule"].string_value == "[[1, 1], [2, 2]]"
-    assert read_scalars(tmp_path)["eval/fid"] == [(0, 12.5)]
+    assert read_scalars(study / "arm_b" / "version_0")["eval/fid"] == [(2, pytest.approx(3.33))]
+
+    # A plain folder works too; a logger whose hp_metric experiment would hide the metrics gets a warning.
+    log_hparams_with_metrics(tmp_path / "plain", {"a": 1}, {"fid": 1.0})
+    assert read_scalars(tmp_path / "plain")["fid"] == [(0, 1.0)]
+    with pytest.warns(UserWarning, match="default_hp_metric"):
+        log_hparams_with_metrics(TensorBoardLogger(str(tmp_path / "hp"), name="x"), {"a": 1}, {"fid": 1.0})
     with pytest.raises(ValueError, match="no numeric metric"):
-        log_hparams_with_metrics(tmp_path, {"a": 1}, {"clip_score": CLIP_NOT_COMPUTED})
+        log_hparams_with_metrics(tmp_path / "plain", {"a": 1}, {"clip_score": CLIP_NOT_COMPUTED})
 
 
 def test_read_scalars_and_per_scale(tmp_path):
