@@ -493,3 +493,30 @@ def test_recipe_tokenizer_matches_its_schedule():
     assert cfg.stride == 8
     assert cfg.scale_schedule == square_schedule(8)
     assert cfg.image_size == (recipe["data"]["init_args"]["resolution"],) * 2
+
+
+def test_learning_rate_schedule_hand_values():
+    from infinity_lit.tokenizer.module import _lr_factor
+
+    assert _lr_factor(10, None, 0.1, 0) == pytest.approx(0.1)
+    assert _lr_factor(10, None, 0.1, 9) == pytest.approx(1.0)
+    assert _lr_factor(10, None, 0.1, 500) == 1.0
+    assert _lr_factor(10, 110, 0.1, 10) == pytest.approx(1.0)
+    assert _lr_factor(10, 110, 0.1, 60) == pytest.approx(0.55)  # half-way: 0.1 + 0.9 · ½(1 + cos π/2)
+    assert _lr_factor(10, 110, 0.1, 110) == pytest.approx(0.1)
+    assert _lr_factor(0, 100, 0.0, 200) == pytest.approx(0.0)
+
+
+def test_cosine_schedule_needs_max_steps(openmoji_shards, tmp_path):
+    from infinity_lit.tokenizer.module import TokenizerModule
+
+    module = TokenizerModule(
+        TokenizerConfig(**TINY), perceptual_weight=0.0, gan_weight=0.0, lr_schedule="cosine"
+    )
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        max_time="00:00:00:05", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"trainer\.max_steps"):
+        trainer.fit(module, datamodule=_datamodule(openmoji_shards))

@@ -24,8 +24,10 @@ originals (top row) and reconstructions from 1, 2, …, K scales (rows below).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -65,6 +67,9 @@ class TokenizerModule(pl.LightningModule):
         betas: AdamW betas of both optimisers.
         weight_decay: AdamW weight decay of both optimisers.
         warmup_steps: linear learning-rate warm-up, in training batches (0 = none).
+        lr_schedule: after the warm-up, "constant" or "cosine" decay to ``min_lr_ratio``·lr at
+            ``trainer.max_steps`` (which cosine requires).
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the initial one.
         grad_clip_norm: clip the global gradient norm of each optimiser to this value (None = no clipping).
         num_log_images: images in the validation / test reconstruction grid (0 = no grid).
 
@@ -91,6 +96,8 @@ class TokenizerModule(pl.LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        min_lr_ratio: float = 0.1,
         grad_clip_norm: float | None = None,
         num_log_images: int = 8,
     ) -> None:
@@ -110,6 +117,8 @@ class TokenizerModule(pl.LightningModule):
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.save_hyperparameters(ignore=["tokenizer"])
         # The config is stored as plain types so that checkpoints load with weights_only=True.
         self.hparams["tokenizer"] = tokenizer.to_dict()
@@ -184,11 +193,13 @@ class TokenizerModule(pl.LightningModule):
                     weight_decay=hp.weight_decay,
                 )
             )
-        warmup = hp.warmup_steps
+        warmup, total = hp.warmup_steps, None
+        if hp.lr_schedule == "cosine":
+            total = self.trainer.max_steps if self._trainer is not None else -1
+            if total is None or total <= 0:
+                raise ValueError("lr_schedule 'cosine' decays over trainer.max_steps; set trainer.max_steps")
         schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-            )
+            torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, warmup, total, hp.min_lr_ratio))
             for opt in optimizers
         ]
         return optimizers, schedulers
@@ -401,6 +412,16 @@ class TokenizerModule(pl.LightningModule):
             for key in ("state_dict", "current_model_state"):
                 if key in checkpoint:
                     checkpoint[key].update(own)
+
+
+def _lr_factor(warmup: int, total: int | None, min_ratio: float, step: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant (total None) or cosine."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if total is None:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _no_closure() -> None:
