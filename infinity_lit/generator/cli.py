@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> GeneratorCLI:
     Returns:
         the ``GeneratorCLI`` (its ``trainer`` and ``model`` hold the run's state).
     """
-    torch.set_float32_matmul_precision("high")
+    if torch.cuda.is_available():
+        # TF32 matmuls on GPUs; CPU fp32 matmuls stay exact fp32.
+        torch.set_float32_matmul_precision("high")
     # --help and --print_config carry the attribute docstrings of TransformerConfig.
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return GeneratorCLI(

@@ -27,7 +27,7 @@ positions).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -367,7 +367,6 @@ class InferenceState:
     caches: list[dict[str, Tensor]]
     text_kv: list[tuple[Tensor, Tensor] | None]
     next_scale: int = 0
-    calls: list[int] = field(default_factory=list)
 
 
 class BitwiseTransformer(nn.Module):
@@ -566,7 +565,6 @@ class BitwiseTransformer(nn.Module):
         for blk, cache, text_kv in zip(self.blocks, state.caches, state.text_kv):
             x = blk(x, state.context.ada, cos, sin, None, text_kv, state.context.mask, cache)
         state.next_scale = k + 1
-        state.calls.append(B)
         return self._logits(x, state.context)
 
     # ------------------------------------------------------------------ losses and predictions
