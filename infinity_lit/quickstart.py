@@ -303,7 +303,10 @@ def quickstart(
     }
     tic = time.time()
     html_path, md_path = eval_cli.report(
-        [out / "tokenizer", out / "generator", eval_dir], out / "report", title="infinity-lit quickstart"
+        [out / "tokenizer", out / "generator", eval_dir],
+        out / "report",
+        title="infinity-lit quickstart",
+        headline=headline_rows(summary),
     )
     summary["seconds"]["report"] = round(time.time() - tic, 1)
     summary["seconds"]["total_this_invocation"] = round(time.time() - t0, 1)
@@ -315,17 +318,42 @@ def quickstart(
     return summary
 
 
-def _summarise(summary: dict, out: Path) -> None:
+#: Quality floors of the quickstart (checked in the summary, shown in the report).
+PSNR_FLOOR_DB = 20.0
+GAP_CLOSED_FLOOR = 0.5
+
+
+def headline_rows(summary: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of the quickstart's headline numbers, with the floors they are held to."""
     m = summary["metrics"]
-    lines = [
-        "",
-        "infinity-lit quickstart: done",
-        f"  tokenizer held-out PSNR   {m['tokenizer_psnr']:.2f} dB   SSIM {m['tokenizer_ssim']:.3f}",
-        f"  FID samples               {m['fid_samples']:.1f}",
-        f"  FID untrained generator   {m['fid_untrained']:.1f}   (baseline)",
-        f"  FID reconstructions       {m['fid_reconstructions']:.1f}   (ceiling)",
-        f"  FID gap closed            {m['fid_gap_closed']:.2f}",
-        f"  CLIP score                {m['clip_score']}",
+    n = summary.get("num_eval_images")
+
+    def verdict(ok: bool) -> str:
+        return "meets" if ok else "BELOW"
+
+    clip = m["clip_score"]
+    return [
+        (
+            f"tokenizer held-out PSNR (floor {PSNR_FLOOR_DB:.0f} dB)",
+            f"{m['tokenizer_psnr']:.2f} dB ({verdict(m['tokenizer_psnr'] >= PSNR_FLOOR_DB)})",
+        ),
+        ("tokenizer held-out SSIM", f"{m['tokenizer_ssim']:.3f}"),
+        (f"FID generator samples (N = {n})", f"{m['fid_samples']:.1f}"),
+        ("FID untrained generator (baseline)", f"{m['fid_untrained']:.1f}"),
+        ("FID tokenizer reconstructions (ceiling)", f"{m['fid_reconstructions']:.1f}"),
+        (
+            f"FID gap closed (floor {GAP_CLOSED_FLOOR})",
+            f"{m['fid_gap_closed']:.2f} ({verdict(m['fid_gap_closed'] >= GAP_CLOSED_FLOOR)})",
+        ),
+        ("CLIP score", clip if isinstance(clip, str) else f"{clip:.2f}"),
+        ("sampling", f"cfg {summary['cfg']}, τ {summary['tau']}, seed {summary['seed']}"),
+    ]
+
+
+def _summarise(summary: dict, out: Path) -> None:
+    lines = ["", "infinity-lit quickstart: done"]
+    lines += [f"  {label:<45} {value}" for label, value in headline_rows(summary)]
+    lines += [
         f"  report      {summary['report']['html']}",
         f"  metrics     {out / 'metrics.json'}",
         f"  TensorBoard tensorboard --logdir {out}",

@@ -299,7 +299,11 @@ def _resized(images, height: int, width: int, resize_center_crop):
 
 
 def report(
-    run_dirs: list[Path], out: Path, title: str = "infinity-lit evaluation report", max_sample_rows: int = 8
+    run_dirs: list[Path],
+    out: Path,
+    title: str = "infinity-lit evaluation report",
+    max_sample_rows: int = 8,
+    headline: list[tuple[str, str]] | None = None,
 ) -> tuple[Path, Path]:
     """One HTML page (self-contained) and a Markdown twin comparing runs: metrics, curves, per-scale, samples.
 
@@ -308,10 +312,13 @@ def report(
         out: output folder (report.html, report.md, assets/).
         title: page title.
         max_sample_rows: prompts shown in the side-by-side sample grids.
+        headline: (label, value) rows shown first in a "Summary" table.
     """
     from .report import make_report
 
-    html_path, md_path = make_report(run_dirs, out, title=title, max_sample_rows=max_sample_rows)
+    html_path, md_path = make_report(
+        run_dirs, out, title=title, max_sample_rows=max_sample_rows, headline=headline or ()
+    )
     print(f"wrote {html_path} and {md_path}")
     return html_path, md_path
 

@@ -330,6 +330,7 @@ def make_report(
     title: str = "infinity-lit evaluation report",
     max_sample_rows: int = 8,
     thumbnail_size: int = 128,
+    headline: Sequence[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
     """Write ``OUT/report.html`` (self-contained) and ``OUT/report.md`` (+ ``OUT/assets/``) for the runs.
 
@@ -339,6 +340,8 @@ def make_report(
         title: page title.
         max_sample_rows: prompts shown in the sample grids.
         thumbnail_size: longest side (pixels) of sample thumbnails.
+        headline: (label, formatted value) rows shown first, in a "Summary" table (e.g. the quickstart's
+            quality floors).
 
     Returns:
         (path of the HTML page, path of the Markdown file).
@@ -361,6 +364,15 @@ def make_report(
     now = _dt.datetime.now().isoformat(timespec="seconds")
     h.append(f"<h1>{html.escape(title)}</h1><p class='small'>generated {now}</p>")
     md += [f"# {title}", "", f"generated {now}", ""]
+
+    if headline:
+        h.append("<h2>Summary</h2><table>")
+        md += ["## Summary", "", "| | |", "|---|---:|"]
+        for label, value in headline:
+            h.append(f"<tr><td>{html.escape(label)}</td><td class='num'>{html.escape(value)}</td></tr>")
+            md.append(f"| {_md_cell(label)} | {_md_cell(value)} |")
+        h.append("</table>")
+        md.append("")
 
     h.append("<h2>Runs</h2><ul>")
     md += ["## Runs", ""]
