@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", choices=["train", "sample", "head"], default=None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start {load}\n")
     if args.only in (None, "train"):
         rows = [
             bench_train("recipe 6/256/4, d=16, square-8 (121 tok), B=32", 6, 256, 4, 16, 8, 32, args.repeats),

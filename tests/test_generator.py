@@ -432,3 +432,20 @@ def test_network_files_do_not_import_lightning():
         "assert not any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_model_fits_a_fixed_batch():
+    """The whole training path (BSC targets/inputs → transformer → per-bit loss) can be optimised."""
+    quantizer = MultiScaleBSQ(4, SCHEDULE).eval()
+    out = BitwiseSelfCorrection(quantizer, 0.0)(_latent(B=4))
+    model = tiny_model().train()
+    text = random_text(B=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(80):
+        loss = model.loss(model(out.inputs, text), out.targets)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 0.6 and loss.item() < 0.15, (first, loss.item())
