@@ -132,6 +132,11 @@ def test_fit_through_the_cli_then_sample(tmp_path, openmoji_shards, tokenizer_ck
     for k, v in module.state_dict().items():
         torch.testing.assert_close(v, ckpt["state_dict"][k])
 
+    # resuming (optimizer, EMA state) works although the checkpoint holds no frozen weights
+    resume = ["--trainer.max_steps", "6", "--ckpt_path", str(ckpt_path)]
+    resumed = cli.main(["fit", "-c", str(config), "--trainer.callbacks+", json.dumps(ema), *resume])
+    assert resumed.trainer.global_step == 6
+
     gen = load_generator(ckpt_path)
     for k, v in gen.model.state_dict().items():
         torch.testing.assert_close(v, ckpt["state_dict"][f"transformer.{k}"])
