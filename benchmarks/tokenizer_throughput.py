@@ -4,7 +4,7 @@
     python benchmarks/tokenizer_throughput.py --sizes 64 --dims 16 --batches 8 --json
 
 Grid: image side 64 (the OpenMoji recipe's network: stride 8, 8×8 latent, schedule [1,2,4,6,8]) and 256
-(stride 16, 16×16 latent, the reference 7-scale schedule [1,2,4,6,8,12,16]); codebook dimension d ∈ {16,
+(stride 16, 16×16 latent, the reference 7-scale schedule [1,2,4,6,8,12,16], base width 64); codebook dimension d ∈ {16,
 32}; batch 1 and 8; fp32 and bf16 autocast (the quantizer stays fp32 inside autocast). Weights are random
 (the cost does not depend on them); images are random in [-1, 1]. Timing by
 ``torch.utils.benchmark.Timer.blocked_autorange`` under ``torch.no_grad``; the machine's load average is
@@ -24,8 +24,9 @@ from torch.utils import benchmark
 from infinity_lit.quantizer import square_schedule
 from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
 
-#: Network per image side: (base_channels, channel_multipliers, num_res_blocks).
-NETWORKS = {64: (64, [1, 2, 2, 4], 2), 256: (64, [1, 1, 2, 2, 4], 2)}
+#: Network per image side: (base_channels, channel_multipliers, num_res_blocks). 64²: the OpenMoji recipe's
+#: (experiments/tokenizer/openmoji64.yaml); 256²: stride 16 with two blocks per level.
+NETWORKS = {64: (32, [1, 2, 4, 4], 1), 256: (64, [1, 1, 2, 2, 4], 2)}
 
 
 def build(size: int, codebook_dim: int) -> BitwiseTokenizer:

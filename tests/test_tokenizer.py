@@ -520,3 +520,19 @@ def test_cosine_schedule_needs_max_steps(openmoji_shards, tmp_path):
     )
     with pytest.raises(ValueError, match=r"trainer\.max_steps"):
         trainer.fit(module, datamodule=_datamodule(openmoji_shards))
+
+
+@pytest.mark.parametrize(
+    "arm", sorted(p.name for p in RECIPE.parent.glob("*.yaml") if p != RECIPE), ids=lambda name: name
+)
+def test_every_study_arm_parses_over_the_base(arm, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["fit", "-c", str(RECIPE), "-c", str(RECIPE.parent / arm), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    import yaml
+
+    config = yaml.safe_load(capsys.readouterr().out)
+    delta = yaml.safe_load((RECIPE.parent / arm).read_text())
+    for key, value in delta.get("model", {}).get("tokenizer", {}).items():
+        assert config["model"]["tokenizer"][key] == value
+    TokenizerConfig(**config["model"]["tokenizer"])  # the merged architecture is valid
