@@ -290,10 +290,12 @@ def _trainer(tmp_path, max_steps, **kwargs):
     )
 
 
-def _datamodule(shards, batch_size=4):
+def _datamodule(shards, batch_size=4, path_type=str):
     from infinity_lit.data import ShardDataModule
 
-    return ShardDataModule(shards, resolution=32, batch_size=batch_size, num_workers=0, shuffle_buffer=16)
+    return ShardDataModule(
+        path_type(shards), resolution=32, batch_size=batch_size, num_workers=0, shuffle_buffer=16
+    )
 
 
 def test_manual_optimisation_with_discriminator(openmoji_shards, tmp_path):
@@ -356,7 +358,8 @@ def test_load_tokenizer_round_trip_with_ema(openmoji_shards, tmp_path):
         ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
     ]
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1, callbacks=callbacks)
-    trainer.fit(module, datamodule=_datamodule(openmoji_shards))
+    # A Path among the data module's hyper-parameters must not stop load_tokenizer's weights-only load.
+    trainer.fit(module, datamodule=_datamodule(openmoji_shards, path_type=Path))
     ckpt = tmp_path / "ckpt" / "last.ckpt"  # written during fit, by a Trainer
 
     loaded = load_tokenizer(ckpt)
@@ -536,3 +539,28 @@ def test_every_study_arm_parses_over_the_base(arm, capsys):
     for key, value in delta.get("model", {}).get("tokenizer", {}).items():
         assert config["model"]["tokenizer"][key] == value
     TokenizerConfig(**config["model"]["tokenizer"])  # the merged architecture is valid
+
+
+def test_lpips_is_saved_by_reference_not_by_value(openmoji_shards, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from infinity_lit.tokenizer.module import TokenizerModule
+
+    weights = tmp_path / "lpips.pth"
+    torch.manual_seed(0)
+    torch.save(LPIPS().state_dict(), weights)
+    module = TokenizerModule(
+        TokenizerConfig(**TINY), perceptual_weight=0.5, lpips_weights=str(weights), gan_weight=0.0
+    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[checkpoint])
+    trainer.fit(module, datamodule=_datamodule(openmoji_shards))
+    assert "train/perceptual" in trainer.callback_metrics
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert not [k for k in ckpt["state_dict"] if k.startswith("perceptual.")]
+    assert ckpt["hyper_parameters"]["lpips_weights"] == str(weights)
+    restored = TokenizerModule.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    for k, v in module.perceptual.state_dict().items():
+        assert torch.equal(restored.perceptual.state_dict()[k], v)
+    for k, v in module.tokenizer.state_dict().items():
+        assert torch.equal(restored.tokenizer.state_dict()[k], v)
