@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> TokenizerCLI:
     Returns:
         the ``TokenizerCLI`` (its ``trainer`` and ``model`` hold the run's state).
     """
-    # TF32 / bf16-internal matmuls where the hardware has them; CPU fp32 results are unaffected.
-    torch.set_float32_matmul_precision("high")
+    # TF32 matmuls on CUDA (Ampere+); on the CPU fp32 stays full fp32 (use trainer.precision bf16-mixed
+    # for speed there instead).
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
     # --help and --print_config carry the attribute docstrings of TokenizerConfig.
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return TokenizerCLI(
