@@ -125,6 +125,57 @@ def _untrained_twin(trained: Path, path: Path, seed: int) -> Path:
     return path
 
 
+def _evaluate(
+    eval_dir: Path,
+    tok_ckpt: Path,
+    gen_ckpt: Path,
+    data_dir: Path,
+    num_eval_images: int | None,
+    cfg: float,
+    tau: float,
+    seed: int,
+    clip_weights: Path | None,
+    inception_weights: Path | None,
+) -> tuple[dict, dict[str, dict]]:
+    """Reconstruction metrics of the tokenizer, and samples + FID/KID/CLIP of the trained and untrained
+    generators, all on the held-out split. Returns (recon record, {"samples"|"untrained": score record})."""
+    from infinity_lit.evaluation import cli as eval_cli
+
+    _log("eval: tokenizer reconstructions of the held-out images")
+    recon = eval_cli.recon(
+        tokenizer=tok_ckpt,
+        data=data_dir,
+        out=eval_dir / "tokenizer",
+        max_images=num_eval_images,
+        inception_weights=inception_weights,
+    )
+    rows: dict[str, dict] = {}
+    for name, ckpt in (
+        ("samples", gen_ckpt),
+        ("untrained", _untrained_twin(gen_ckpt, eval_dir / "untrained.ckpt", seed)),
+    ):
+        _log(f"eval: sampling the held-out captions ({name})")
+        folder = eval_dir / name
+        eval_cli.sample(
+            checkpoint=ckpt,
+            out=folder,
+            captions_from=data_dir,
+            num_images=num_eval_images,
+            seed=seed,
+            cfg=cfg,
+            tau=tau,
+        )
+        _log(f"eval: scoring {name} against the held-out images")
+        rows[name] = eval_cli.score(
+            generated=folder,
+            reference=data_dir,
+            max_reference=num_eval_images,
+            inception_weights=inception_weights,
+            clip_weights=clip_weights,
+        )
+    return recon, rows
+
+
 def gap_closed(fid_untrained: float, fid_samples: float, fid_reconstructions: float) -> float:
     """Share of the baseline-to-ceiling FID gap the generator closes.
 
@@ -152,6 +203,7 @@ def quickstart(
     seed: int = 0,
     clip_weights: Path | None = None,
     inception_weights: Path | None = None,
+    openmoji_limit: int | None = None,
 ) -> dict[str, Any]:
     """Data → tokenizer → generator → samples → evaluation → report, resumable stage by stage.
 
@@ -172,6 +224,7 @@ def quickstart(
         seed: seed of sampling (image i uses seed + i) and of the untrained baseline.
         clip_weights: local CLIP weights for the CLIP score (else reported as not computed).
         inception_weights: torch-fidelity Inception weights (default: converted offline weights).
+        openmoji_limit: render only this many OpenMoji emoji (spread over the set), for quick trials.
 
     Returns:
         the summary written to ``OUT/metrics.json``.
@@ -194,9 +247,10 @@ def quickstart(
     else:
         from infinity_lit.data import build_openmoji_shards
 
-        data_dir = out / "data" / f"openmoji{resolution}"
+        suffix = f"-{openmoji_limit}" if openmoji_limit is not None else ""
+        data_dir = out / "data" / f"openmoji{resolution}{suffix}"
         _log(f"data: OpenMoji shards in {data_dir}")
-        manifest = build_openmoji_shards(data_dir, resolution)
+        manifest = build_openmoji_shards(data_dir, resolution, limit=openmoji_limit)
     timings["data"] = time.time() - tic
 
     # 2. tokenizer ------------------------------------------------------------------------------------
@@ -242,38 +296,34 @@ def quickstart(
     # 4. evaluation -----------------------------------------------------------------------------------
     tic = time.time()
     eval_dir = out / "eval"
-    _log("eval: tokenizer reconstructions of the held-out images")
-    recon = eval_cli.recon(
-        tokenizer=tok_ckpt,
-        data=data_dir,
-        out=eval_dir / "tokenizer",
-        max_images=num_eval_images,
-        inception_weights=inception_weights,
-    )
-    rows: dict[str, dict] = {}
-    for name, ckpt in (
-        ("samples", gen_ckpt),
-        ("untrained", _untrained_twin(gen_ckpt, eval_dir / "untrained.ckpt", seed)),
-    ):
-        _log(f"eval: sampling the held-out captions ({name})")
-        folder = eval_dir / name
-        eval_cli.sample(
-            checkpoint=ckpt,
-            out=folder,
-            captions_from=data_dir,
-            num_images=num_eval_images,
-            seed=seed,
-            cfg=cfg,
-            tau=tau,
+    eval_settings = {
+        "tokenizer": str(tok_ckpt),
+        "generator": str(gen_ckpt),
+        "num_eval_images": num_eval_images,
+        "cfg": cfg,
+        "tau": tau,
+        "seed": seed,
+        "clip_weights": str(clip_weights) if clip_weights else None,
+        "inception_weights": str(inception_weights) if inception_weights else None,
+    }
+    eval_done = _done(eval_dir)
+    if eval_done and eval_done.get("settings") == eval_settings:
+        _log(f"eval: done ({eval_dir})")
+        recon, rows = eval_done["recon"], eval_done["rows"]
+    else:
+        recon, rows = _evaluate(
+            eval_dir,
+            tok_ckpt,
+            gen_ckpt,
+            data_dir,
+            num_eval_images,
+            cfg,
+            tau,
+            seed,
+            clip_weights,
+            inception_weights,
         )
-        _log(f"eval: scoring {name} against the held-out images")
-        rows[name] = eval_cli.score(
-            generated=folder,
-            reference=data_dir,
-            max_reference=num_eval_images,
-            inception_weights=inception_weights,
-            clip_weights=clip_weights,
-        )
+        _mark_done(eval_dir, {"settings": eval_settings, "recon": recon, "rows": rows})
     timings["eval"] = time.time() - tic
 
     # 5. summary + report -----------------------------------------------------------------------------
