@@ -45,6 +45,20 @@ def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
     return 1000 * statistics.median(times)
 
 
+def _interleaved_ms(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median ms of each function, timed in alternation so that a change of machine load hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def _text(batch: int, generator: torch.Generator) -> TextFeatures:
     tokens = torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=generator)
     return TextFeatures(tokens, torch.ones(batch, TEXT_LEN, dtype=torch.bool), tokens.mean(1))
@@ -68,18 +82,18 @@ def bench_train(
     text = _text(batch, g)
     L = num_tokens(schedule)
     row = {"config": name, "params_M": model.num_parameters() / 1e6, "tokens_per_image": L, "batch": batch}
+
+    def step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(model(out.inputs, text), out.targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = _interleaved_ms({"fp32": lambda: step(False), "bf16": lambda: step(True)}, repeats)
     for precision in ("fp32", "bf16"):
-
-        def step(precision=precision):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model.loss(model(out.inputs, text), out.targets)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        ms = _median_ms(step, repeats)
-        row[f"step_ms_{precision}"] = ms
-        row[f"tokens_per_s_{precision}"] = batch * L / (ms / 1000)
+        row[f"step_ms_{precision}"] = ms[precision]
+        row[f"tokens_per_s_{precision}"] = batch * L / (ms[precision] / 1000)
     row["bsc_ms"] = _median_ms(lambda: bsc(latent, generator=g), repeats)
     return row
 
@@ -114,17 +128,18 @@ def bench_sample(depth: int, width: int, heads: int, d: int, side: int, repeats:
     text = _RandomText()
     row = {"schedule": f"square-{side} ({len(schedule)} scales, {num_tokens(schedule)} tokens)", "d": d}
     for cfg_scale in (1.0, 4.0):
-        for use_cache in (True, False):
-            ms = _median_ms(
-                lambda use_cache=use_cache, cfg_scale=cfg_scale: sample(
+        ms = _interleaved_ms(
+            {
+                use_cache: lambda use_cache=use_cache, cfg_scale=cfg_scale: sample(
                     model, tokenizer, text, ["a prompt"], cfg=cfg_scale, seed=0, use_cache=use_cache
-                ),
-                repeats,
-            )
-            row[f"cfg{cfg_scale:g}_{'cached' if use_cache else 'uncached'}_ms"] = ms
-        row[f"cfg{cfg_scale:g}_speedup"] = (
-            row[f"cfg{cfg_scale:g}_uncached_ms"] / row[f"cfg{cfg_scale:g}_cached_ms"]
+                )
+                for use_cache in (True, False)
+            },
+            repeats,
         )
+        row[f"cfg{cfg_scale:g}_cached_ms"] = ms[True]
+        row[f"cfg{cfg_scale:g}_uncached_ms"] = ms[False]
+        row[f"cfg{cfg_scale:g}_speedup"] = ms[False] / ms[True]
     H = side
     f_hat = torch.zeros(1, d, H, H)
     row["decode_ms"] = _median_ms(lambda: tokenizer.decode(f_hat), repeats)
@@ -143,12 +158,12 @@ import json, resource, sys, time, torch
 from infinity_lit.generator.transformer import BitwiseTransformer, TransformerConfig
 head, d, C, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
-cfg = TransformerConfig(depth=1, width=C, num_heads=8, head=head, codebook_dim=d, scale_schedule=[(1, 1)], text_dim=8)
-model = BitwiseTransformer(cfg)
-head_params = sum(p.numel() for p in model.head.parameters())
 x = torch.randn(1, tokens, C)
 targets = torch.randint(0, 2, (1, tokens, d))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cfg = TransformerConfig(depth=1, width=C, num_heads=8, head=head, codebook_dim=d, scale_schedule=[(1, 1)], text_dim=8)
+model = BitwiseTransformer(cfg)
+head_params = sum(p.numel() for p in model.head.parameters())
 t0 = time.perf_counter()
 out = model.head(x)
 logits = out.view(1, tokens, d, 2) if head == "ivc" else out
@@ -156,7 +171,9 @@ loss = model.loss(logits, targets)
 loss.backward()
 ms = 1000 * (time.perf_counter() - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"head": head, "head_params": head_params, "fwd_bwd_ms": ms,
+# weights + their gradients + AdamW's two moments, fp32
+train_state_MB = 4 * 4 * head_params / 2**20
+print(json.dumps({"head": head, "head_params": head_params, "fwd_bwd_ms": ms, "train_state_MB": train_state_MB,
                   "peak_rss_increase_MB": (peak - base) / 1024, "logits_MB": logits.numel() * 4 / 2**20}))
 """
 
@@ -219,11 +236,14 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "Heads at d=16, C=768, one 521-token sequence (forward + loss + backward, separate processes):\n"
         )
-        print("| head | parameters | logits (MB) | peak RSS increase (MB) | fwd+bwd (ms) |")
-        print("|---|---|---|---|---|")
+        print(
+            "| head | parameters | weights+grads+AdamW (MB) | logits (MB) | peak RSS increase (MB) | fwd+bwd (ms) |"
+        )
+        print("|---|---|---|---|---|---|")
         for r in rows:
             print(
-                f"| {r['head']} | {r['head_params']:,} | {r['logits_MB']:.2f} | {r['peak_rss_increase_MB']:.0f} | "
+                f"| {r['head']} | {r['head_params']:,} | {r['train_state_MB']:.1f} | {r['logits_MB']:.2f} | "
+                f"{r['peak_rss_increase_MB']:.0f} | "
                 f"{r['fwd_bwd_ms']:.0f} |"
             )
 
