@@ -2,6 +2,7 @@
 
     python benchmarks/generator_bench.py                 # everything, prints a Markdown report
     python benchmarks/generator_bench.py --only train    # one part: train | sample | head
+    python benchmarks/generator_bench.py --threads 1     # steadier when other jobs share the CPU
 
 Training step = transformer forward + per-bit loss + backward + AdamW step on precomputed inputs (the
 frozen tokenizer's encode and BSC are timed separately), with random text features of the MiniLM width.
@@ -154,13 +155,13 @@ def bench_sample(depth: int, width: int, heads: int, d: int, side: int, repeats:
 
 
 _HEAD_CHILD = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from infinity_lit.generator.transformer import BitwiseTransformer, TransformerConfig
 head, d, C, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(int(sys.argv[5]))
 torch.manual_seed(0)
 x = torch.randn(1, tokens, C)
 targets = torch.randint(0, 2, (1, tokens, d))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cfg = TransformerConfig(depth=1, width=C, num_heads=8, head=head, codebook_dim=d, scale_schedule=[(1, 1)], text_dim=8)
 model = BitwiseTransformer(cfg)
 head_params = sum(p.numel() for p in model.head.parameters())
@@ -170,11 +171,9 @@ logits = out.view(1, tokens, d, 2) if head == "ivc" else out
 loss = model.loss(logits, targets)
 loss.backward()
 ms = 1000 * (time.perf_counter() - t0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # weights + their gradients + AdamW's two moments, fp32
 train_state_MB = 4 * 4 * head_params / 2**20
-print(json.dumps({"head": head, "head_params": head_params, "fwd_bwd_ms": ms, "train_state_MB": train_state_MB,
-                  "peak_rss_increase_MB": (peak - base) / 1024, "logits_MB": logits.numel() * 4 / 2**20}))
+print(json.dumps({"head": head, "head_params": head_params, "fwd_bwd_ms": ms, "train_state_MB": train_state_MB, "logits_MB": logits.numel() * 4 / 2**20}))
 """
 
 
@@ -182,7 +181,16 @@ def bench_heads(d: int, C: int, tokens: int) -> list[dict]:
     rows = []
     for head in ("ivc", "index"):
         out = subprocess.run(
-            [sys.executable, "-c", _HEAD_CHILD, head, str(d), str(C), str(tokens)],
+            [
+                sys.executable,
+                "-c",
+                _HEAD_CHILD,
+                head,
+                str(d),
+                str(C),
+                str(tokens),
+                str(torch.get_num_threads()),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -197,7 +205,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--only", choices=["train", "sample", "head"], default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's); 1 is steadier on a shared CPU",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start {load}\n")
     if args.only in (None, "train"):
@@ -236,14 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "Heads at d=16, C=768, one 521-token sequence (forward + loss + backward, separate processes):\n"
         )
-        print(
-            "| head | parameters | weights+grads+AdamW (MB) | logits (MB) | peak RSS increase (MB) | fwd+bwd (ms) |"
-        )
-        print("|---|---|---|---|---|---|")
+        print("| head | parameters | weights+grads+AdamW (MB) | logits, one sequence (MB) | fwd+bwd (ms) |")
+        print("|---|---|---|---|---|")
         for r in rows:
             print(
                 f"| {r['head']} | {r['head_params']:,} | {r['train_state_MB']:.1f} | {r['logits_MB']:.2f} | "
-                f"{r['peak_rss_increase_MB']:.0f} | "
                 f"{r['fwd_bwd_ms']:.0f} |"
             )
 
