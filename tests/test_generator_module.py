@@ -55,20 +55,34 @@ def test_config_comes_from_the_tokenizer(tokenizer_ckpt):
 
 
 def test_frozen_stages_are_out_of_state_dict_and_optimiser(tokenizer_ckpt):
-    module = GeneratorModule(str(tokenizer_ckpt), transformer=TransformerConfig(**TINY), text_max_length=16)
+    module = GeneratorModule(
+        str(tokenizer_ckpt), transformer=TransformerConfig(**TINY), text_max_length=16, decay_steps=10
+    )
     keys = module.state_dict().keys()
     assert keys and all(k.startswith("transformer.") for k in keys)
     for name in ("tokenizer", "text_encoder"):
         sub = getattr(module, name)
         assert not sub.training and not any(p.requires_grad for p in sub.parameters())
-    module.trainer = None
-    opt = torch.optim.AdamW([p for g in [module.transformer.parameters()] for p in g])
-    assert (
-        sum(p.numel() for group in opt.param_groups for p in group["params"])
-        == module.transformer.num_parameters()
-    )
+    opt = module.configure_optimizers()["optimizer"]
+    in_optimiser = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert in_optimiser == {id(p) for p in module.transformer.parameters()}
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    assert id(module.transformer.head.weight) in decayed and id(module.transformer.head.bias) not in decayed
     # strict round trip of the trainable state
     module.load_state_dict(module.state_dict())
+
+
+def test_learning_rate_schedule(tokenizer_ckpt):
+    module = GeneratorModule(
+        str(tokenizer_ckpt),
+        transformer=TransformerConfig(**TINY),
+        warmup_steps=10,
+        decay_steps=110,
+        min_lr_ratio=0.1,
+    )
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factors = [sched.lr_lambdas[0](step) for step in (0, 9, 10, 60, 110, 500)]
+    assert factors == pytest.approx([0.1, 1.0, 1.0, 0.55, 0.1, 0.1])
 
 
 def _write_config(tmp_path: Path, shards: Path, tokenizer_ckpt: Path, extra: dict | None = None) -> Path:
