@@ -122,7 +122,7 @@ class GeneratorModule(pl.LightningModule):
         decay_steps: int | None = None,
         min_lr_ratio: float = 0.1,
         val_prompts: list[str] | None = None,
-        val_cfg: float = 3.0,
+        val_cfg: float = 4.0,
         val_tau: float = 1.0,
         val_top_p: float = 1.0,
         val_seed: int = 0,

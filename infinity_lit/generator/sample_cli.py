@@ -1,7 +1,7 @@
 """``infinity-lit sample``: images for a prompt file from a trained generator checkpoint.
 
     infinity-lit sample --checkpoint runs/generator/openmoji64/version_0/checkpoints/last.ckpt \\
-        --prompts prompts.txt --out samples/ [--cfg 3.0] [--tau 1.0] [--top_p 1.0] [--seed 0]
+        --prompts prompts.txt --out samples/ [--cfg 4.0] [--tau 1.0] [--top_p 1.0] [--seed 0]
 
 ``--cfg`` and ``--tau`` take a number or a per-scale list (``--cfg [1,1,2,3,3]``). The prompt file holds
 one prompt per line (blank lines are skipped). ``--out`` receives ``00000.png``, ``00001.png``, … (RGB,
@@ -119,7 +119,7 @@ def sample_to_folder(
     checkpoint: str,
     prompts: str,
     out: str,
-    cfg: float | list[float] = 3.0,
+    cfg: float | list[float] = 4.0,
     tau: float | list[float] = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
