@@ -171,7 +171,7 @@ def test_fit_through_the_cli_then_sample(tmp_path, openmoji_shards, tokenizer_ck
     )
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["grinning face", "red apple"]
-    assert [r["seed"] for r in records] == [5, 6] and records[0]["cfg"] == 4.0
+    assert [r["image_seed"] for r in records] == [5, 6] and records[0]["cfg"] == 4.0
     with Image.open(out / records[1]["file"]) as im:
         assert im.size == (32, 32) and im.mode == "RGB"
 

@@ -12,55 +12,23 @@ one is set). ``--checkpoint.*`` configures that ``ModelCheckpoint``. The seed de
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from jsonargparse import set_parsing_settings
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from infinity_lit.lightning_cli import run_cli
 
 from .module import GeneratorModule
 
 RUNS_DIR = "runs/generator"
 
 
-class GeneratorCLI(LightningCLI):
-    """LightningCLI with an always-on ``ModelCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
-
-
-def _trainer_defaults() -> dict[str, Any]:
-    return {
-        "logger": {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": RUNS_DIR, "name": "default"},
-        },
-    }
-
-
-def main(argv: list[str] | None = None) -> GeneratorCLI:
+def main(argv: list[str] | None = None):
     """Run the generator LightningCLI on ``argv`` (e.g. ``["fit", "--config", "recipe.yaml"]``).
 
     Returns:
-        the ``GeneratorCLI`` (its ``trainer`` and ``model`` hold the run's state).
+        the LightningCLI object (its ``trainer`` and ``model`` hold the run's state).
     """
-    if torch.cuda.is_available():
-        # TF32 matmuls on GPUs; CPU fp32 matmuls stay exact fp32.
-        torch.set_float32_matmul_precision("high")
-    # --help and --print_config carry the attribute docstrings of TransformerConfig.
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    return GeneratorCLI(
+    return run_cli(
         GeneratorModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        args=argv,
-        trainer_defaults=_trainer_defaults(),
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        argv,
+        RUNS_DIR,
     )
 
 

@@ -54,7 +54,7 @@ DEFAULT_VAL_PROMPTS = [
     "red heart",
     "rocket",
     "pizza",
-    "flag: Japan",
+    "flag, Japan",
 ]
 
 

@@ -14,7 +14,6 @@ checkpoint without importing Lightning.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +22,6 @@ import torch
 
 from infinity_lit.tokenizer import BitwiseTokenizer, load_tokenizer
 
-from .sampling import sample
 from .text_encoders import TextEncoder, build_text_encoder
 from .transformer import BitwiseTransformer, TransformerConfig
 
@@ -100,92 +98,21 @@ def load_generator(
     return LoadedGenerator(model, tokenizer, text_encoder, hp)
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Non-blank lines of a UTF-8 text file, stripped.
-
-    Raises:
-        FileNotFoundError / ValueError: missing or empty file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no prompt file at {str(path)!r}; pass a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{str(path)!r} holds no prompts; write one prompt per line")
-    return prompts
-
-
-def sample_to_folder(
-    checkpoint: str,
-    prompts: str,
-    out: str,
-    cfg: float | list[float] = 4.0,
-    tau: float | list[float] = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    device: str = "cpu",
-    use_ema: bool = True,
-    tokenizer_checkpoint: str | None = None,
-) -> Path:
-    """Sample one image per prompt and write PNGs plus ``metadata.jsonl``.
-
-    Args:
-        checkpoint: generator ``.ckpt``.
-        prompts: text file, one prompt per line.
-        out: output directory (created).
-        cfg: guidance scale, a number or one per scale (1 = no unconditional pass).
-        tau: temperature, a number or one per scale.
-        top_p: nucleus mass in (0, 1] (1 = off).
-        seed: image i uses seed + i.
-        batch_size: prompts per forward pass (does not change the images).
-        device: torch device, e.g. ``cpu`` or ``cuda``.
-        use_ema: use the EMA weights when the checkpoint has them.
-        tokenizer_checkpoint: override of the tokenizer path stored in the checkpoint.
-
-    Returns:
-        the output directory.
-    """
-    from PIL import Image
-
-    gen = load_generator(checkpoint, device, use_ema=use_ema, tokenizer_checkpoint=tokenizer_checkpoint)
-    texts = read_prompts(prompts)
-    result = sample(
-        gen.model,
-        gen.tokenizer,
-        gen.text_encoder,
-        texts,
-        cfg=cfg,
-        tau=tau,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images = ((result.images.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # [-1,1] → uint8
-    with open(out_dir / "metadata.jsonl", "w", encoding="utf-8") as meta:
-        for i, (prompt, image_seed) in enumerate(zip(texts, result.seeds)):
-            name = f"{i:05d}.png"
-            Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(out_dir / name)
-            record = {
-                "file": name,
-                "prompt": prompt,
-                "seed": image_seed,
-                "cfg": cfg,
-                "tau": tau,
-                "top_p": top_p,
-                "checkpoint": str(checkpoint),
-            }
-            meta.write(json.dumps(record) + "\n")
-    return out_dir
-
-
 def main(argv: list[str] | None = None) -> Path:
-    """``infinity-lit sample …``: parse ``argv`` (jsonargparse, from ``sample_to_folder``'s signature)."""
-    from jsonargparse import CLI
+    """``infinity-lit sample --checkpoint CKPT --prompts FILE --out DIR [--cfg --tau --top_p --seed]``.
 
-    return CLI(sample_to_folder, args=argv, as_positional=False)
+    The same command as ``infinity-lit eval sample`` (``infinity_lit.evaluation.cli.sample``): one PNG per
+    prompt plus ``metadata.jsonl`` (prompt, seeds, settings), resumable. Returns the output folder.
+    """
+    from jsonargparse import ArgumentParser
+
+    from infinity_lit.evaluation.cli import sample as sample_to_folder
+
+    parser = ArgumentParser(prog="infinity-lit sample", description=sample_to_folder.__doc__.split("\n")[0])
+    parser.add_function_arguments(sample_to_folder, as_group=False)
+    cfg = parser.parse_args(argv)
+    sample_to_folder(**{k: v for k, v in dict(cfg).items() if not k.startswith("__")})
+    return Path(cfg.out)
 
 
 if __name__ == "__main__":

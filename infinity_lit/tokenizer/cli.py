@@ -12,62 +12,25 @@ one is set). ``--checkpoint.*`` configures that ``ModelCheckpoint``. The seed de
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from jsonargparse import set_parsing_settings
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from infinity_lit.lightning_cli import run_cli
 
 from .module import TokenizerModule
 
 RUNS_DIR = "runs/tokenizer"
 
 
-class TokenizerCLI(LightningCLI):
-    """LightningCLI with an always-on ``ModelCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``."""
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        # The tokenizer has no predict step.
-        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate", "test")}
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True})
-
-
-def _trainer_defaults() -> dict[str, Any]:
-    return {
-        "logger": {
-            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": RUNS_DIR, "name": "default"},
-        },
-    }
-
-
-def main(argv: list[str] | None = None) -> TokenizerCLI:
+def main(argv: list[str] | None = None):
     """Run the tokenizer LightningCLI on ``argv`` (e.g. ``["fit", "--config", "recipe.yaml"]``).
 
     Returns:
-        the ``TokenizerCLI`` (its ``trainer`` and ``model`` hold the run's state).
+        the LightningCLI object (its ``trainer`` and ``model`` hold the run's state).
     """
-    # TF32 matmuls on CUDA (Ampere+); on the CPU fp32 stays full fp32 (use trainer.precision bf16-mixed
-    # for speed there instead).
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")
-    # --help and --print_config carry the attribute docstrings of TokenizerConfig.
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    return TokenizerCLI(
+    return run_cli(
         TokenizerModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        args=argv,
-        trainer_defaults=_trainer_defaults(),
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
+        argv,
+        RUNS_DIR,
+        subcommands=("fit", "validate", "test"),  # the tokenizer has no predict step
+        auto_configure_optimizers=False,  # manual optimisation: the module owns its optimisers
     )
 
 
