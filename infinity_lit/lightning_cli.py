@@ -3,8 +3,9 @@
 Both are LightningCLI over one LightningModule and any LightningDataModule (``data: class_path: …``),
 with an always-on ``ModelCheckpoint`` (``--checkpoint.*``, keeping ``last.ckpt``, written atomically by
 Lightning), a TensorBoard logger under ``runs/<model>/<name>/version_<n>/`` by default (no ``hp_metric``
-placeholder, so the HParams tab shows the metrics logged with the hyper-parameters), seed 0 by default,
-and attribute docstrings in ``--help`` / ``--print_config``.
+placeholder) and ``HParamsWithFinalMetrics``, so TensorBoard's HParams tab lists every run of a parent
+log folder with its hyper-parameters and final metrics; seed 0 by default; attribute docstrings in
+``--help`` / ``--print_config``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,37 @@ from typing import Any
 
 import torch
 from jsonargparse import set_parsing_settings
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class HParamsWithFinalMetrics(Callback):
+    """At the end of ``fit`` and ``test``, log the module's hyper-parameters with the final ``val/*`` /
+    ``test/*`` metrics as one TensorBoard HParams session (``evaluation.tensorboard.log_hparams_with_metrics``).
+    """
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
+        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        from infinity_lit.evaluation.tensorboard import log_hparams_with_metrics
+
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
+        }
+        if metrics:
+            log_hparams_with_metrics(
+                trainer.logger, dict(pl_module.hparams), metrics, step=trainer.global_step
+            )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "val/")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "test/")
 
 
 class RunCLI(LightningCLI):
@@ -68,6 +97,8 @@ def run_cli(
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": runs_dir, "name": "default", "default_hp_metric": False},
         },
+        # LightningCLI adds default callbacks to those of the config.
+        "callbacks": [HParamsWithFinalMetrics()],
     }
     return cli_class(
         model_class,

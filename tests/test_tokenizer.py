@@ -430,6 +430,20 @@ def test_cli_fit_on_real_shards_then_validate(openmoji_shards, tmp_path):
         assert tag in scalars, tag
     assert "data/skipped_samples" in scalars
 
+    # HParams tab: one session with the run's hyper-parameters, and no 'hp_metric' experiment summary
+    # that would hide the final metrics.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" not in content
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["tokenizer/codebook_dim"].number_value == 8
+    assert "hp_metric" not in scalars
+
     _cli(["validate", *common, f"--ckpt_path={last}", "--trainer.limit_val_batches=1"])
     assert "val/psnr" in _scalar_tags(tmp_path / "tiny" / "version_1")
 
