@@ -180,6 +180,12 @@ class TextEncoder(nn.Module):
     def _encode(self, captions: list[str]) -> TextFeatures:
         raise NotImplementedError
 
+    def _tokenize(self, captions: list[str]):
+        """The Hugging Face tokenizer's padded, truncated batch (input_ids, attention_mask) on our device."""
+        return self.tokenizer(
+            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -303,9 +309,7 @@ class MiniLMTextEncoder(TextEncoder):
         self._freeze()
 
     def _encode(self, captions: list[str]) -> TextFeatures:
-        batch = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        batch = self._tokenize(captions)
         tokens = self.model(**batch).last_hidden_state  # (B, T, 384)
         mask = batch["attention_mask"].bool()
         return TextFeatures(tokens, mask, masked_mean(tokens, mask))
@@ -342,9 +346,7 @@ class T5TextEncoder(TextEncoder):
         self._freeze()
 
     def _encode(self, captions: list[str]) -> TextFeatures:
-        batch = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        batch = self._tokenize(captions)
         tokens = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
@@ -388,9 +390,7 @@ class CLIPTextEncoder(TextEncoder):
         self._freeze()
 
     def _encode(self, captions: list[str]) -> TextFeatures:
-        batch = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        batch = self._tokenize(captions)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return TextFeatures(out.last_hidden_state, batch["attention_mask"].bool(), out.pooler_output)
 
