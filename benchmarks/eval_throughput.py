@@ -30,7 +30,7 @@ def _sync(device: str) -> None:
 
 
 def bench_inception(device: str, num_images: int, batch_size: int, size: int) -> dict:
-    from infinity_lit.evaluation.inception import inception_features, load_inception
+    from infinity_lit.metrics.inception import inception_features, load_inception
 
     model = load_inception(device=device)
     g = torch.Generator().manual_seed(0)
@@ -51,7 +51,7 @@ def bench_inception(device: str, num_images: int, batch_size: int, size: int) ->
 
 def bench_fid_distance(device: str, num_images: int, batch_size: int, size: int) -> dict:
     """The distance itself: torch-fidelity's statistics + eigenvalue-based trace sqrt on 2048-d features."""
-    from infinity_lit.evaluation.fid import fid_from_features
+    from infinity_lit.metrics.fid import fid_from_features
 
     g = torch.Generator().manual_seed(0)
     f1 = torch.randn(max(num_images, 2), 2048, generator=g, dtype=torch.float64)
@@ -66,7 +66,7 @@ def bench_fid_distance(device: str, num_images: int, batch_size: int, size: int)
 
 
 def bench_clip(device: str, num_images: int, batch_size: int, size: int) -> dict:
-    from infinity_lit.evaluation.clip_score import ClipScorer, _import_clip
+    from infinity_lit.metrics.clip_score import ClipScorer, _import_clip
 
     clip = _import_clip()
     torch.manual_seed(0)

@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from infinity_lit.generator.bsc import BitwiseSelfCorrection
 from infinity_lit.generator.sampling import sample
+from infinity_lit.generator.self_correction import BitwiseSelfCorrection
 from infinity_lit.generator.text_encoders import TextFeatures
 from infinity_lit.generator.transformer import BitwiseTransformer, TransformerConfig
 from infinity_lit.quantizer import MultiScaleBSQ, num_tokens, square_schedule

@@ -1,9 +1,9 @@
 """Sampling to a folder: prompts → ``NNNNNN.png`` files + ``metadata.jsonl``, resumable.
 
 The generator is reached through one callable, ``sample_fn(prompts, seeds) -> images``, images
-(B, 3, H, W) float in [-1, 1] (saved as uint8 [0, 255] PNGs through ``to_uint8``), so this module does
-not depend on how a generator is built; ``eval sample`` wraps ``infinity_lit.generator.sampling.sample``
-in it.
+(B, 3, H, W) float in [-1, 1] (saved as uint8 [0, 255] PNGs through ``to_uint8``), so ``sample_to_folder`` does
+not depend on how a generator is built; ``sample_checkpoint`` (``infinity-lit eval sample``) wraps
+``infinity_lit.generator.sampling.sample`` of a loaded checkpoint in it.
 
 Reproducibility: image i is sampled with seed ``seed + i`` (the generator's convention: each image draws
 from its own ``torch.Generator``, so it depends on its prompt, its seed and the settings, not on the
@@ -21,8 +21,9 @@ from typing import Any
 
 from torch import Tensor
 
+from infinity_lit.metrics.reconstruction import to_uint8
+
 from .images import METADATA, read_metadata, write_png
-from .reconstruction import to_uint8
 
 #: ``sample_fn(prompts, seeds)`` → (B, 3, H, W) float in [-1, 1], B = len(prompts) = len(seeds).
 SampleFn = Callable[[list[str], list[int]], Tensor]
@@ -155,3 +156,86 @@ def sample_to_folder(
                 written += 1
                 bar.update(1)
     return {"written": written, "skipped": len(prompts) - written, "total": len(prompts)}
+
+
+def sample_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    prompts: Path | None = None,
+    captions_from: Path | None = None,
+    split: str = "val",
+    num_images: int | None = None,
+    seed: int = 0,
+    cfg: float | list[float] = 4.0,
+    tau: float | list[float] = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    device: str = "cpu",
+    use_ema: bool = True,
+    tokenizer_checkpoint: Path | None = None,
+) -> dict[str, int]:
+    """Sample images for prompts with a trained generator into a folder of PNGs + metadata.jsonl.
+
+    Args:
+        checkpoint: generator checkpoint (.ckpt from 'infinity-lit generator fit').
+        out: sample folder to write (resumed if it exists with the same settings).
+        prompts: prompts file (.txt one per line, .jsonl with "prompt", or .json list).
+        captions_from: instead of a prompts file, a shard directory whose captions are the prompts.
+        split: shard split of captions_from.
+        num_images: at most this many prompts (default: all).
+        seed: run seed; image i uses seed + i.
+        cfg: classifier-free guidance scale, one value or one per scale (1 skips the unconditional pass;
+            reference 4 for evaluation).
+        tau: sampling temperature τ > 0, one value or one per scale (reference 1).
+        top_p: nucleus mass over the two bit values, in (0, 1] (1 keeps both).
+        batch_size: images per sampling call (does not change the images).
+        device: where the generator runs.
+        use_ema: prefer EMA weights in the checkpoint.
+        tokenizer_checkpoint: override of the tokenizer path stored in the generator checkpoint.
+
+    Returns:
+        {"written": n, "skipped": n already present, "total": number of prompts}.
+
+    Raises:
+        ValueError: neither or both of ``prompts`` / ``captions_from``, or a folder sampled with other settings.
+    """
+    import torch
+
+    from infinity_lit.generator.checkpoint import load_generator
+    from infinity_lit.generator.sampling import sample as generate
+
+    if (prompts is None) == (captions_from is None):
+        raise ValueError("give exactly one of --prompts FILE or --captions_from SHARD_DIR")
+    if prompts is not None:
+        texts = read_prompts(prompts)
+        source = str(prompts)
+    else:
+        from infinity_lit.data.shards import iter_samples
+
+        texts = [caption for _, _, caption in iter_samples(captions_from, split)]
+        source = f"{captions_from} ({split} captions)"
+    texts = texts[:num_images] if num_images is not None else texts
+    gen = load_generator(checkpoint, device, use_ema=use_ema, tokenizer_checkpoint=tokenizer_checkpoint)
+
+    def sample_fn(batch_prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return generate(
+            gen.model,
+            gen.tokenizer,
+            gen.text_encoder,
+            batch_prompts,
+            cfg=cfg,
+            tau=tau,
+            top_p=top_p,
+            seed=seeds,
+        ).images
+
+    settings = {
+        "checkpoint": str(checkpoint),
+        "tokenizer_checkpoint": str(tokenizer_checkpoint or gen.hparams.get("tokenizer_checkpoint")),
+        "use_ema": use_ema,
+        "cfg": cfg,
+        "tau": tau,
+        "top_p": top_p,
+        "prompts": source,
+    }
+    return sample_to_folder(sample_fn, texts, out, seed=seed, batch_size=batch_size, settings=settings)

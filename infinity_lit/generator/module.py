@@ -21,7 +21,7 @@ Logged (TensorBoard): ``train/loss`` and ``val/loss`` (nats per bit, teacher-for
 ``*/loss_ln2`` (the same in units of ln 2: 1 = chance), ``*/bit_acc``, per scale ``*/loss_scale_k`` and
 ``*/bit_acc_scale_k`` (k = 1..K), ``train/flip_prob`` (mean drawn flip probability),
 ``train/self_correction_rate`` and ``train/self_correction_baseline`` (see
-``infinity_lit.generator.bsc.self_correction_rate``), ``train/lr``, and at each validation a grid of
+``infinity_lit.generator.self_correction.self_correction_rate``), ``train/lr``, and at each validation a grid of
 samples (images in [0,1] for display) for ``val_prompts``.
 """
 
@@ -38,8 +38,8 @@ from torch import Tensor
 
 from infinity_lit.tokenizer import load_tokenizer
 
-from .bsc import BitwiseSelfCorrection, BSCOutput, self_correction_rate
 from .sampling import sample
+from .self_correction import BitwiseSelfCorrection, BSCOutput, self_correction_rate
 from .text_encoders import TextEncoderKind, build_text_encoder
 from .transformer import BitwiseTransformer, TransformerConfig
 

@@ -1,8 +1,8 @@
 """Bitwise multi-scale tokenizer (Infinity, arXiv 2412.04431, §3.1): networks, losses, checkpoint loading.
 
 Everything imported here is pure torch. The Lightning shell ``TokenizerModule`` lives in
-``infinity_lit.tokenizer.module`` and the LightningCLI in ``infinity_lit.tokenizer.cli``; import them by
-their full path (``from infinity_lit.tokenizer.module import TokenizerModule``).
+``infinity_lit.tokenizer.module``; import it by its full path
+(``from infinity_lit.tokenizer.module import TokenizerModule``).
 """
 
 from .discriminator import PatchDiscriminator

@@ -14,7 +14,7 @@ EMA weights: add Lightning's ``EMAWeightAveraging`` callback (with ``use_buffers
 ``state_dict`` then holds the averaged weights, which ``load_tokenizer`` reads.
 
 Logged (TensorBoard): ``train/*`` and ``val/*`` (``test/*``) loss terms; ``val/psnr``, ``val/ssim`` (dB /
-unitless, on [-1, 1] images through ``infinity_lit.evaluation.reconstruction``); ``val/psnr_scale_k``
+unitless, on [-1, 1] images through ``infinity_lit.metrics.reconstruction``); ``val/psnr_scale_k``
 for decoding from the first k scales; ``val/bit_usage`` (histogram of P(bit = 1) per bit),
 ``val/bit_entropy_mean`` / ``_min`` (bits, at most 1); ``val/codebook_utilisation`` (distinct codes seen
 / min(2^d, positions)); ``data/skipped_samples`` when the data module counts them; an image grid of
@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
-from infinity_lit.evaluation.reconstruction import psnr, ssim
+from infinity_lit.metrics.reconstruction import psnr, ssim
 
 from .discriminator import NormKind, PatchDiscriminator
 from .losses import LPIPS, LeCamEMA, hinge_d_loss, hinge_g_loss

@@ -22,7 +22,7 @@ from infinity_lit.tokenizer import (
 )
 from infinity_lit.tokenizer.losses import LPIPS, LeCamEMA, hinge_d_loss, hinge_g_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "experiments" / "tokenizer" / "openmoji64.yaml"
 
 #: A tokenizer small enough for CPU tests: stride 8, 32² images → 4×4 latent, 3 scales.

@@ -1,15 +1,8 @@
-"""``infinity-lit sample``: images for a prompt file from a trained generator checkpoint.
+"""Loading a trained generator: ``load_generator`` rebuilds the transformer, the frozen tokenizer and the
+text encoder from a ``GeneratorModule`` checkpoint without importing Lightning.
 
-    infinity-lit sample --checkpoint runs/generator/openmoji64/version_0/checkpoints/last.ckpt \\
-        --prompts prompts.txt --out samples/ [--cfg 4.0] [--tau 1.0] [--top_p 1.0] [--seed 0]
-
-``--cfg`` and ``--tau`` take a number or a per-scale list (``--cfg [1,1,2,3,3]``). The prompt file holds
-one prompt per line (blank lines are skipped). ``--out`` receives ``00000.png``, ``00001.png``, … (RGB,
-uint8) and ``metadata.jsonl`` with one line per image: file, prompt, seed and the settings. Image i uses
-seed ``seed + i``, so any single image can be reproduced alone.
-
-``load_generator`` rebuilds the transformer, the frozen tokenizer and the text encoder from a generator
-checkpoint without importing Lightning.
+The checkpoint holds the transformer's weights (EMA and raw when the run averaged them); the tokenizer and
+the text encoder are named by reference in its hyper-parameters and loaded from there (or from overrides).
 """
 
 from __future__ import annotations
@@ -96,24 +89,3 @@ def load_generator(
     model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     model.to(map_location).eval().requires_grad_(False)
     return LoadedGenerator(model, tokenizer, text_encoder, hp)
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """``infinity-lit sample --checkpoint CKPT --prompts FILE --out DIR [--cfg --tau --top_p --seed]``.
-
-    The same command as ``infinity-lit eval sample`` (``infinity_lit.evaluation.cli.sample``): one PNG per
-    prompt plus ``metadata.jsonl`` (prompt, seeds, settings), resumable. Returns the output folder.
-    """
-    from jsonargparse import ArgumentParser
-
-    from infinity_lit.evaluation.cli import sample as sample_to_folder
-
-    parser = ArgumentParser(prog="infinity-lit sample", description=sample_to_folder.__doc__.split("\n")[0])
-    parser.add_function_arguments(sample_to_folder, as_group=False)
-    cfg = parser.parse_args(argv)
-    sample_to_folder(**{k: v for k, v in dict(cfg).items() if not k.startswith("__")})
-    return Path(cfg.out)
-
-
-if __name__ == "__main__":
-    main()

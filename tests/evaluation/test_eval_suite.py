@@ -12,29 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from infinity_lit.evaluation.cli import main
-from infinity_lit.evaluation.clip_score import CLIP_NOT_COMPUTED, ENV_CLIP_WEIGHTS
+from infinity_lit.cli.eval import main
 from infinity_lit.evaluation.images import list_images, read_image, read_metadata, write_png
-from infinity_lit.evaluation.inception import ENV_CACHE, ENV_WEIGHTS, inception_weights_path
-from infinity_lit.evaluation.reconstruction import psnr
 from infinity_lit.evaluation.sampling import read_prompts, sample_to_folder
-from infinity_lit.evaluation.tensorboard import (
-    event_dirs,
-    log_hparams_with_metrics,
-    per_scale_values,
-    read_scalars,
-)
+from infinity_lit.evaluation.tensorboard import event_dirs, per_scale_values, read_scalars
+from infinity_lit.metrics.clip_score import CLIP_NOT_COMPUTED, ENV_CLIP_WEIGHTS
+from infinity_lit.metrics.inception import ENV_CACHE, ENV_WEIGHTS
+from infinity_lit.metrics.reconstruction import psnr
+from infinity_lit.training.callbacks import log_hparams_with_metrics
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ENV_CACHE, str(cache))
-        mp.delenv(ENV_WEIGHTS, raising=False)
-        return inception_weights_path()
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +34,7 @@ def _isolated_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from infinity_lit.evaluation.clip_score import _import_clip
+    from infinity_lit.metrics.clip_score import _import_clip
 
     clip = _import_clip()
     torch.manual_seed(0)
@@ -456,13 +443,13 @@ def test_eval_report_on_two_runs(tmp_path, openmoji_shards, inception_weights):
 
 # ------------------------------------------------------------------------------------------------ configs
 
-EVAL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "eval" / "configs").rglob("*.yaml"))
+EVAL_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "eval" / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EVAL_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_eval_configs_parse(path):
     """Every evaluation config parses as its subcommand (the folder name) with every required option set."""
-    from infinity_lit.evaluation.cli import COMMANDS, build_parser
+    from infinity_lit.cli.eval import COMMANDS, build_parser
 
     command = path.parent.name
     assert command in COMMANDS
@@ -472,7 +459,7 @@ def test_eval_configs_parse(path):
         assert cfg.sample.cfg == 4.0 and cfg.sample.tau == 1.0  # the reference evaluation settings
         assert (cfg.sample.prompts is None) != (cfg.sample.captions_from is None)
         if cfg.sample.prompts is not None:
-            assert len(read_prompts(Path(__file__).resolve().parents[1] / cfg.sample.prompts)) == 64
+            assert len(read_prompts(Path(__file__).resolve().parents[2] / cfg.sample.prompts)) == 64
 
 
 def test_eval_configs_exist():

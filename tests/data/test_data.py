@@ -463,7 +463,7 @@ def test_datamodule_in_lightning_fit(openmoji_shards: Path, tmp_path: Path) -> N
 
 
 def test_import_does_not_load_lightning() -> None:
-    code = "import sys, infinity_lit.data, infinity_lit.data.cli; print('lightning' in sys.modules)"
+    code = "import sys, infinity_lit.data, infinity_lit.cli.data; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -15,37 +15,11 @@ from typing import Any
 
 import torch
 from jsonargparse import set_parsing_settings
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 
-
-class HParamsWithFinalMetrics(Callback):
-    """At the end of ``fit`` and ``test``, log the module's hyper-parameters with the final ``val/*`` /
-    ``test/*`` metrics as one TensorBoard HParams session (``evaluation.tensorboard.log_hparams_with_metrics``).
-    """
-
-    def _log(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
-        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
-            return
-        from infinity_lit.evaluation.tensorboard import log_hparams_with_metrics
-
-        metrics = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
-        }
-        if metrics:
-            log_hparams_with_metrics(
-                trainer.logger, dict(pl_module.hparams), metrics, step=trainer.global_step
-            )
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log(trainer, pl_module, "val/")
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log(trainer, pl_module, "test/")
+from .callbacks import HParamsWithFinalMetrics
 
 
 class RunCLI(LightningCLI):

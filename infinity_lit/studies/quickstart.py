@@ -1,4 +1,4 @@
-"""``infinity-lit quickstart``: the whole method on real data, end to end, on a laptop-class CPU.
+"""The quickstart: the whole method on real data, end to end, on a laptop-class CPU (a one-arm study).
 
 Stages (each resumable; a finished stage leaves ``OUT/<stage>/DONE.json`` and is skipped on a re-run,
 an interrupted training resumes from its ``last.ckpt``):
@@ -16,37 +16,26 @@ an interrupted training resumes from its ``last.ckpt``):
                    baseline-to-ceiling FID gap that the generator closes:
                    (FID_untrained − FID_samples) / (FID_untrained − FID_reconstructions).
 
-Everything here calls the same code as the individual commands; nothing is implemented twice.
+Every stage is a function of ``studies.stages`` calling the library; ``infinity-lit quickstart``
+(``cli.quickstart``) parses its options from ``quickstart``'s signature.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-#: Repository folder of the YAML recipes (the quickstart runs from a source checkout).
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-DONE = "DONE.json"
+from infinity_lit import runs
+from infinity_lit.evaluation.report import make_report
+from infinity_lit.evaluation.scoring import write_metrics_json
 
+from . import stages
+from .stages import log
 
-def _log(message: str) -> None:
-    print(f"[quickstart] {message}", flush=True)
-
-
-def _done(stage_dir: Path) -> dict | None:
-    path = stage_dir / DONE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _mark_done(stage_dir: Path, record: dict[str, Any]) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / (DONE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    tmp.replace(stage_dir / DONE)
+#: Folder of the YAML recipes (the quickstart runs from a source checkout).
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def _recipe(path: Path | None, default_name: str) -> Path:
@@ -57,72 +46,6 @@ def _recipe(path: Path | None, default_name: str) -> Path:
             "(pip install -e .) or pass --tokenizer_config / --generator_config"
         )
     return recipe
-
-
-def _fit(
-    group: str,
-    recipe: Path,
-    out: Path,
-    data_dir: Path,
-    resolution: int,
-    max_time: str | None,
-    max_steps: int | None,
-    extra: list[str],
-) -> Path:
-    """Run (or resume) ``infinity-lit GROUP fit`` writing to ``OUT/GROUP/run``; returns its last.ckpt."""
-    import importlib
-
-    stage_dir = out / group
-    last = stage_dir / "run" / "checkpoints" / "last.ckpt"
-    args = [
-        "fit",
-        "--config",
-        str(recipe),
-        "--data.init_args.data_dir",
-        str(data_dir),
-        "--data.init_args.resolution",
-        str(resolution),
-        "--trainer.logger.init_args.save_dir",
-        str(out),
-        "--trainer.logger.init_args.name",
-        group,
-        "--trainer.logger.init_args.version",
-        "run",
-        *extra,
-    ]
-    if max_time is not None:
-        args += ["--trainer.max_time", max_time]
-    if max_steps is not None:
-        args += ["--trainer.max_steps", str(max_steps), "--trainer.max_time", "null"]
-    if last.is_file():
-        _log(f"{group}: resuming from {last}")
-        args += ["--ckpt_path", str(last)]
-    start = time.time()
-    importlib.import_module(f"infinity_lit.{group}.cli").main(args)
-    if not last.is_file():
-        raise RuntimeError(f"{group} training finished without writing {last}")
-    _mark_done(stage_dir, {"checkpoint": str(last), "seconds": round(time.time() - start, 1), "args": args})
-    return last
-
-
-def _untrained_twin(trained: Path, path: Path, seed: int) -> Path:
-    """Write a generator checkpoint with the trained one's hyper-parameters and a fresh initialisation."""
-    import torch
-
-    from infinity_lit.generator.sample_cli import load_generator
-    from infinity_lit.generator.transformer import BitwiseTransformer
-
-    if path.is_file():
-        return path
-    loaded = load_generator(trained)
-    torch.manual_seed(seed)
-    model = BitwiseTransformer(loaded.model.config)
-    state = {f"transformer.{k}": v for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": state, "hyper_parameters": loaded.hparams}, tmp)
-    tmp.replace(path)
-    return path
 
 
 def _evaluate(
@@ -139,39 +62,18 @@ def _evaluate(
 ) -> tuple[dict, dict[str, dict]]:
     """Reconstruction metrics of the tokenizer, and samples + FID/KID/CLIP of the trained and untrained
     generators, all on the held-out split. Returns (recon record, {"samples"|"untrained": score record})."""
-    from infinity_lit.evaluation import cli as eval_cli
-
-    _log("eval: tokenizer reconstructions of the held-out images")
-    recon = eval_cli.recon(
-        tokenizer=tok_ckpt,
-        data=data_dir,
-        out=eval_dir / "tokenizer",
-        max_images=num_eval_images,
-        inception_weights=inception_weights,
+    log("eval: tokenizer reconstructions of the held-out images")
+    recon = stages.reconstruction(
+        tok_ckpt, data_dir, eval_dir / "tokenizer", num_eval_images, inception_weights
     )
     rows: dict[str, dict] = {}
     for name, ckpt in (
         ("samples", gen_ckpt),
-        ("untrained", _untrained_twin(gen_ckpt, eval_dir / "untrained.ckpt", seed)),
+        ("untrained", stages.untrained_twin(gen_ckpt, eval_dir / "untrained.ckpt", seed)),
     ):
-        _log(f"eval: sampling the held-out captions ({name})")
-        folder = eval_dir / name
-        eval_cli.sample(
-            checkpoint=ckpt,
-            out=folder,
-            captions_from=data_dir,
-            num_images=num_eval_images,
-            seed=seed,
-            cfg=cfg,
-            tau=tau,
-        )
-        _log(f"eval: scoring {name} against the held-out images")
-        rows[name] = eval_cli.score(
-            generated=folder,
-            reference=data_dir,
-            max_reference=num_eval_images,
-            inception_weights=inception_weights,
-            clip_weights=clip_weights,
+        log(f"eval: sampling and scoring the held-out captions ({name})")
+        rows[name] = stages.sample_and_score(
+            ckpt, eval_dir / name, data_dir, num_eval_images, cfg, tau, seed, clip_weights, inception_weights
         )
     return recon, rows
 
@@ -229,8 +131,6 @@ def quickstart(
     Returns:
         the summary written to ``OUT/metrics.json``.
     """
-    from infinity_lit.evaluation import cli as eval_cli
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -242,55 +142,39 @@ def quickstart(
         from infinity_lit.data import build_folder_shards
 
         data_dir = out / "data" / f"{Path(data).name}{resolution}"
-        _log(f"data: building shards from {data} into {data_dir}")
+        log(f"data: building shards from {data} into {data_dir}")
         manifest = build_folder_shards(data, data_dir, resolution, captions=captions)
     else:
         from infinity_lit.data import build_openmoji_shards
 
         suffix = f"-{openmoji_limit}" if openmoji_limit is not None else ""
         data_dir = out / "data" / f"openmoji{resolution}{suffix}"
-        _log(f"data: OpenMoji shards in {data_dir}")
+        log(f"data: OpenMoji shards in {data_dir}")
         manifest = build_openmoji_shards(data_dir, resolution, limit=openmoji_limit)
     timings["data"] = time.time() - tic
 
-    # 2. tokenizer ------------------------------------------------------------------------------------
+    # 2. tokenizer, 3. generator (on the frozen tokenizer) ----------------------------------------------
+    fit_args = {"data_dir": data_dir, "resolution": resolution}
     tic = time.time()
-    tok_done = _done(out / "tokenizer")
-    if tok_done:
-        tok_ckpt = Path(tok_done["checkpoint"])
-        _log(f"tokenizer: done ({tok_ckpt})")
-    else:
-        _log("tokenizer: training (TensorBoard: runs under " + str(out) + ")")
-        tok_ckpt = _fit(
-            "tokenizer",
-            _recipe(tokenizer_config, "tokenizer/openmoji64.yaml"),
-            out,
-            data_dir,
-            resolution,
-            tokenizer_max_time,
-            tokenizer_max_steps,
-            [],
-        )
+    tok_ckpt = stages.fit_once(
+        "tokenizer",
+        out,
+        recipe=_recipe(tokenizer_config, "tokenizer/openmoji64.yaml"),
+        max_time=tokenizer_max_time,
+        max_steps=tokenizer_max_steps,
+        **fit_args,
+    )
     timings["tokenizer"] = time.time() - tic
-
-    # 3. generator ------------------------------------------------------------------------------------
     tic = time.time()
-    gen_done = _done(out / "generator")
-    if gen_done:
-        gen_ckpt = Path(gen_done["checkpoint"])
-        _log(f"generator: done ({gen_ckpt})")
-    else:
-        _log("generator: training on the frozen tokenizer")
-        gen_ckpt = _fit(
-            "generator",
-            _recipe(generator_config, "generator/openmoji64.yaml"),
-            out,
-            data_dir,
-            resolution,
-            generator_max_time,
-            generator_max_steps,
-            ["--model.tokenizer_checkpoint", str(tok_ckpt)],
-        )
+    gen_ckpt = stages.fit_once(
+        "generator",
+        out,
+        recipe=_recipe(generator_config, "generator/openmoji64.yaml"),
+        max_time=generator_max_time,
+        max_steps=generator_max_steps,
+        overrides=["--model.tokenizer_checkpoint", str(tok_ckpt)],
+        **fit_args,
+    )
     timings["generator"] = time.time() - tic
 
     # 4. evaluation -----------------------------------------------------------------------------------
@@ -306,9 +190,9 @@ def quickstart(
         "clip_weights": str(clip_weights) if clip_weights else None,
         "inception_weights": str(inception_weights) if inception_weights else None,
     }
-    eval_done = _done(eval_dir)
+    eval_done = runs.read_done(eval_dir)
     if eval_done and eval_done.get("settings") == eval_settings:
-        _log(f"eval: done ({eval_dir})")
+        log(f"eval: done ({eval_dir})")
         recon, rows = eval_done["recon"], eval_done["rows"]
     else:
         recon, rows = _evaluate(
@@ -323,7 +207,7 @@ def quickstart(
             clip_weights,
             inception_weights,
         )
-        _mark_done(eval_dir, {"settings": eval_settings, "recon": recon, "rows": rows})
+        runs.mark_done(eval_dir, {"settings": eval_settings, "recon": recon, "rows": rows})
     timings["eval"] = time.time() - tic
 
     # 5. summary + report -----------------------------------------------------------------------------
@@ -352,7 +236,7 @@ def quickstart(
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     tic = time.time()
-    html_path, md_path = eval_cli.report(
+    html_path, md_path = make_report(
         [out / "tokenizer", out / "generator", eval_dir],
         out / "report",
         title="infinity-lit quickstart",
@@ -361,8 +245,6 @@ def quickstart(
     summary["seconds"]["report"] = round(time.time() - tic, 1)
     summary["seconds"]["total_this_invocation"] = round(time.time() - t0, 1)
     summary["report"] = {"html": str(html_path), "markdown": str(md_path)}
-    from infinity_lit.evaluation.scoring import write_metrics_json
-
     write_metrics_json(summary, out / "metrics.json")
     _summarise(summary, out)
     return summary
@@ -409,14 +291,3 @@ def _summarise(summary: dict, out: Path) -> None:
         f"  TensorBoard tensorboard --logdir {out}",
     ]
     print("\n".join(lines), flush=True)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``infinity-lit quickstart [--out DIR] [--data DIR] …`` (jsonargparse over ``quickstart``)."""
-    from jsonargparse import CLI
-
-    return CLI(quickstart, args=list(sys.argv[1:] if argv is None else argv), as_positional=False)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infinity_lit.generator.bsc import (
+from infinity_lit.generator.sampling import ScaleAccumulator, sample, sample_classes, top_p_probs
+from infinity_lit.generator.self_correction import (
     BitwiseSelfCorrection,
     flip_levels,
     self_correction_rate,
     teacher_forcing_inputs,
 )
-from infinity_lit.generator.sampling import ScaleAccumulator, sample, sample_classes, top_p_probs
 from infinity_lit.generator.text_encoders import MiniLMTextEncoder, TextFeatures
 from infinity_lit.generator.transformer import (
     PRESETS,
@@ -427,7 +427,7 @@ def test_sample_rejects_bad_settings(sampler_model, tiny_tokenizer, text_encoder
 def test_network_files_do_not_import_lightning():
     code = (
         "import sys\n"
-        "import infinity_lit.generator.transformer, infinity_lit.generator.bsc\n"
+        "import infinity_lit.generator.transformer, infinity_lit.generator.self_correction\n"
         "import infinity_lit.generator.sampling, infinity_lit.generator.text_encoders\n"
         "assert not any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules)\n"
     )

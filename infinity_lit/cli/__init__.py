@@ -3,32 +3,38 @@
     infinity-lit data openmoji|folder ...          build webdataset shards
     infinity-lit tokenizer fit|validate|test ...   LightningCLI for the tokenizer
     infinity-lit generator fit|validate|test|predict ...   LightningCLI for the generator
-    infinity-lit sample --prompts FILE --out DIR   text-to-image sampling
     infinity-lit eval sample|score|recon|report    evaluation suite
+    infinity-lit sample ...                        alias of 'eval sample'
     infinity-lit quickstart                        the whole method on OpenMoji, end to end
 
-Each group lives beside the code it drives and is imported only when used, so ``--help`` of one group
-does not pay for the imports of the others.
+This package is the top floor: argv only, one module per command group (``train``, ``data``, ``eval``,
+``quickstart``), each calling library functions; nothing in the library imports it. A group is imported
+only when used, so ``--help`` of one group does not pay for the imports of the others.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
+#: group → ("module:function" called with the remaining argv, one-line help).
 GROUPS: dict[str, tuple[str, str]] = {
-    "data": ("infinity_lit.data.cli", "build webdataset shards (openmoji, folder)"),
+    "data": ("infinity_lit.cli.data:main", "build webdataset shards (openmoji, folder)"),
     "tokenizer": (
-        "infinity_lit.tokenizer.cli",
+        "infinity_lit.cli.train:tokenizer",
         "train / validate / test the bitwise tokenizer (LightningCLI)",
     ),
     "generator": (
-        "infinity_lit.generator.cli",
+        "infinity_lit.cli.train:generator",
         "train / validate / test the bitwise generator (LightningCLI)",
     ),
-    "sample": ("infinity_lit.generator.sample_cli", "sample images for prompts with a trained generator"),
-    "eval": ("infinity_lit.evaluation.cli", "evaluation suite: sample, score, recon, report"),
-    "quickstart": ("infinity_lit.quickstart", "tokenizer + generator + evaluation on OpenMoji, end to end"),
+    "eval": ("infinity_lit.cli.eval:main", "evaluation suite: sample, score, recon, report"),
+    "sample": ("infinity_lit.cli.eval:sample", "alias of 'eval sample' (the same function and options)"),
+    "quickstart": (
+        "infinity_lit.cli.quickstart:main",
+        "tokenizer + generator + evaluation on OpenMoji, end to end",
+    ),
 }
 
 
@@ -39,8 +45,8 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``argv`` (default ``sys.argv[1:]``) to the group's ``main(argv)``."""
+def main(argv: list[str] | None = None) -> Any:
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to the group's function; returns its result."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -49,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     if group not in GROUPS:
         print(f"infinity-lit: unknown group {group!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(GROUPS[group][0])
-    module.main(rest)
+    module, _, function = GROUPS[group][0].partition(":")
+    return getattr(importlib.import_module(module), function)(rest)
 
 
 if __name__ == "__main__":

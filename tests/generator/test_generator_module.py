@@ -10,12 +10,12 @@ import torch
 import yaml
 from PIL import Image
 
+from infinity_lit.generator.checkpoint import load_generator
 from infinity_lit.generator.module import GeneratorModule
-from infinity_lit.generator.sample_cli import load_generator
 from infinity_lit.generator.transformer import TransformerConfig
 from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def save_tiny_tokenizer(path: Path, codebook_dim: int = 6) -> Path:
@@ -123,14 +123,15 @@ def _write_config(tmp_path: Path, shards: Path, tokenizer_ckpt: Path, extra: dic
 
 
 def test_fit_through_the_cli_then_sample(tmp_path, openmoji_shards, tokenizer_ckpt):
-    from infinity_lit.generator import cli, sample_cli
+    from infinity_lit.cli import eval as eval_cli
+    from infinity_lit.cli import train
 
     config = _write_config(tmp_path, openmoji_shards, tokenizer_ckpt)
     ema = {
         "class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
         "init_args": {"use_buffers": False},
     }
-    run = cli.main(["fit", "-c", str(config), "--trainer.callbacks+", json.dumps(ema)])
+    run = train.generator(["fit", "-c", str(config), "--trainer.callbacks+", json.dumps(ema)])
     logged = run.trainer.logged_metrics
     assert run.trainer.global_step == 4
     assert torch.isfinite(logged["train/loss"]) and 0 < float(logged["train/loss"]) < 1.0
@@ -148,7 +149,7 @@ def test_fit_through_the_cli_then_sample(tmp_path, openmoji_shards, tokenizer_ck
 
     # resuming (optimizer, EMA state) works although the checkpoint holds no frozen weights
     resume = ["--trainer.max_steps", "6", "--ckpt_path", str(ckpt_path)]
-    resumed = cli.main(["fit", "-c", str(config), "--trainer.callbacks+", json.dumps(ema), *resume])
+    resumed = train.generator(["fit", "-c", str(config), "--trainer.callbacks+", json.dumps(ema), *resume])
     assert resumed.trainer.global_step == 6
 
     gen = load_generator(ckpt_path)
@@ -157,7 +158,8 @@ def test_fit_through_the_cli_then_sample(tmp_path, openmoji_shards, tokenizer_ck
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("grinning face\n\nred apple\n")
-    out = sample_cli.main(
+    out = tmp_path / "samples"
+    eval_cli.sample(
         [
             "--checkpoint",
             str(ckpt_path),
@@ -218,11 +220,11 @@ def test_training_steps_keep_frozen_stages_in_eval(tmp_path, openmoji_shards, to
 
 
 def test_recipe_yaml_parses(tmp_path):
-    from infinity_lit.generator import cli
+    from infinity_lit.cli import train
 
     recipe = REPO / "experiments" / "generator" / "openmoji64.yaml"
     if not recipe.is_file():
         pytest.skip("recipe not written yet")
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["fit", "-c", str(recipe), "--print_config"])
+        train.generator(["fit", "-c", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)

@@ -1,0 +1,124 @@
+"""Callbacks and TensorBoard writers shared by both LightningModules.
+
+``log_hparams_with_metrics`` writes a run's hyper-parameters with its final metrics as one TensorBoard
+HParams session; ``HParamsWithFinalMetrics`` calls it at the end of ``fit`` / ``test``, so TensorBoard's
+HParams tab lists every run under a parent log folder with its hyper-parameters and final metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            out[name] = "None" if value is None else value
+        else:
+            # TensorBoard's HParams plugin takes only scalars and strings; lists (a scale schedule) become text.
+            out[name] = str(value)
+    return out
+
+
+def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numeric entries of a (nested) metrics mapping, keys joined with "/"; strings such as
+    the CLIP score's "not computed (...)" and non-finite values are left out."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(numeric_metrics(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def log_hparams_with_metrics(
+    logger: Any, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None
+) -> dict[str, float]:
+    """Log a run's hyper-parameters together with its final metrics (TensorBoard's HParams tab).
+
+    Writes the metrics as scalars and the hyper-parameters as an HParams *session* (start and end), but
+    no HParams *experiment* summary. Without an experiment summary TensorBoard builds the table from
+    the sessions it finds: one row per run, one column per hyper-parameter and per scalar tag of the
+    runs (its last value), so runs logged at different times, with different metric sets, line up. (An
+    experiment summary, which Lightning writes when ``default_hp_metric`` is on, pins the metric columns
+    for every run under the log folder to its own list, typically just ``hp_metric``.) Create study
+    loggers with ``TensorBoardLogger(..., default_hp_metric=False)``; a logger with it on gets a warning.
+
+    Args:
+        logger: a Lightning ``TensorBoardLogger`` (e.g. ``trainer.logger``), or a log folder path, for which
+            one is created writing into that folder.
+        hparams: nested mapping of hyper-parameters; nested keys are joined with "/", lists become text.
+        metrics: nested mapping of final metrics (e.g. ``{"eval": {"fid": 12.3}}`` → ``eval/fid``);
+            non-numeric entries (a "not computed" CLIP score) are skipped.
+        step: global step of the metric scalars (default: the logger's convention, 0).
+
+    Returns:
+        the numeric metrics that were logged.
+
+    Raises:
+        ValueError: no numeric metric to log.
+    """
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    values = numeric_metrics(metrics)
+    if not values:
+        raise ValueError(f"no numeric metric to log among {sorted(metrics)}")
+    own = isinstance(logger, (str, Path))
+    if own:
+        logger = TensorBoardLogger(save_dir=str(logger), name="", version="", default_hp_metric=False)
+    elif getattr(logger, "_default_hp_metric", False):
+        warnings.warn(
+            "this TensorBoardLogger has default_hp_metric=True: Lightning's 'hp_metric' HParams experiment "
+            "will hide the final metrics in TensorBoard's HParams tab; create it with default_hp_metric=False",
+            stacklevel=2,
+        )
+    flat = _flatten(hparams)
+    logger.log_metrics(values, step=step)
+    _, session_start, session_end = hparams_summary(flat, values)
+    # SummaryWriter exposes no public call for a bare session; Lightning's own log_hyperparams uses this one.
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(session_start)
+    writer.add_summary(session_end)
+    if own:
+        logger.finalize("success")
+    else:
+        logger.experiment.flush()
+    return values
+
+
+class HParamsWithFinalMetrics(Callback):
+    """At the end of ``fit`` and ``test``, log the module's hyper-parameters with the final ``val/*`` /
+    ``test/*`` metrics as one TensorBoard HParams session (``log_hparams_with_metrics``).
+    """
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
+        if not trainer.is_global_zero or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
+        }
+        if metrics:
+            log_hparams_with_metrics(
+                trainer.logger, dict(pl_module.hparams), metrics, step=trainer.global_step
+            )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "val/")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "test/")
