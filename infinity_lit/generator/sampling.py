@@ -4,8 +4,8 @@ For every scale k the transformer gives logits for all bits of the scale at once
 ℓ = cfg_k·ℓ_cond + (1 − cfg_k)·ℓ_uncond (the unconditional pass uses the model's learned null text;
 when cfg is 1 at every scale that pass is skipped). Bits are drawn from softmax(ℓ/τ_k) over the two
 classes with top-p filtering (top-k is meaningless with two classes), codes are rebuilt from the bits,
-F̂ accumulates Σ_j up(q_j), the next scale's input is F̂ resampled bilinearly, and finally the tokenizer
-decodes F̂ to an image.
+F̂ accumulates Σ_j up(q_j) (both by the tokenizer's quantizer, ``ScaleAccumulator``), the next scale's
+input is F̂ resampled bilinearly, and finally the tokenizer decodes F̂ to an image.
 
 Randomness: image i draws all its bits from its own ``torch.Generator`` seeded with ``seed + i`` (or
 ``seeds[i]``), so an image depends on its prompt and seed only, not on the batch it was sampled in.
@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from infinity_lit.quantizer import upsample
+from infinity_lit.quantizer import MultiScaleBSQ
 
 from .text_encoders import TextEncoder, TextFeatures
 from .transformer import BitwiseTransformer, next_scale_input
@@ -42,8 +42,9 @@ class SampleOutput(NamedTuple):
 class ScaleAccumulator:
     """F̂ = Σ_j up(q_j) built scale by scale from bits, and the next scale's transformer input.
 
-    The same arithmetic as ``MultiScaleBSQ.bits_to_quantized`` and as the training path
-    (``BitwiseSelfCorrection`` without flips), so forced labels give the teacher-forced inputs.
+    A thin wrapper of the quantizer's own accumulation (``MultiScaleBSQ.start_decoding`` / ``add_bits``),
+    the one ``MultiScaleBSQ.forward`` and the training path (``BitwiseSelfCorrection`` without flips) use,
+    so forced labels give the teacher-forced inputs bit for bit.
 
     Args:
         quantizer: the tokenizer's ``MultiScaleBSQ`` (rebuilds codes from bits).
@@ -51,20 +52,37 @@ class ScaleAccumulator:
         batch_size, device: of the latent F̂ (batch_size, d, h_K, w_K), float32.
     """
 
-    def __init__(self, quantizer, scale_schedule, batch_size: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        quantizer: MultiScaleBSQ,
+        scale_schedule: Sequence[Sequence[int]],
+        batch_size: int,
+        device: torch.device | str,
+    ) -> None:
         self.quantizer = quantizer
-        self.schedule = list(scale_schedule)
-        self.num_done = 0
-        H, W = self.schedule[-1]
-        self.f_hat = torch.zeros(batch_size, quantizer.codebook_dim, H, W, device=device)
+        self.state = quantizer.start_decoding(batch_size, scale_schedule, device=device)
+
+    @property
+    def schedule(self) -> list[tuple[int, int]]:
+        return self.state.schedule
+
+    @property
+    def num_done(self) -> int:
+        """Scales accumulated so far."""
+        return self.state.num_done
+
+    @property
+    def f_hat(self) -> Tensor:
+        """F̂ so far, (B, d, h_K, w_K) float32."""
+        return self.state.quantized
 
     def add(self, bits: Tensor) -> None:
-        """Accumulate the next scale's bits (B, h_k·w_k, d) {0,1}."""
-        if self.num_done >= len(self.schedule):
-            raise ValueError("all scales are already accumulated")
-        codes = self.quantizer.bits_to_codes(bits, self.schedule[self.num_done])  # (B, d, h_k, w_k)
-        self.f_hat = self.f_hat + upsample(codes, self.schedule[-1])
-        self.num_done += 1
+        """Accumulate the next scale's bits (B, h_k·w_k, d) {0,1}.
+
+        Raises:
+            ValueError: all scales are already accumulated, or bits that do not fit the next scale.
+        """
+        self.quantizer.add_bits(self.state, bits)
 
     def next_input(self) -> Tensor:
         """(B, h·w, d) float32 input of the next scale: F̂ so far, resampled bilinearly to its grid."""

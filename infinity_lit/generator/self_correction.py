@@ -11,24 +11,42 @@ and its multi-scale BSQ, for each scale k in order:
     input_{k+1} = next_scale_input(F̂_{≤k}, (h_{k+1}, w_{k+1}))     bilinear
 
 so the targets of scale k+1 are re-quantised against the corrupted reconstruction and the model learns
-to correct earlier mistakes. ``max_flip_prob = 0`` is plain teacher forcing, bit for bit the
-tokenizer's ``MultiScaleBSQ`` (same residual arithmetic, same codes). The ``requantize=False`` ablation
-flips the inputs but takes the targets from the clean residual chain (the paper: no gain).
+to correct earlier mistakes.
+
+BSC is a *flip policy*, not a second quantizer: the residual loop is the tokenizer's own
+(``MultiScaleBSQ.start`` / ``step``), and BSC only supplies the per-scale flip hook (draw p, draw the
+flips, return b̃_k) and reads the next-scale inputs off the reconstruction. ``max_flip_prob = 0`` is
+therefore plain teacher forcing, bit for bit the tokenizer's ``MultiScaleBSQ`` (same steps, same
+codes). The ``requantize=False`` ablation flips the inputs but keeps the residual, and so the targets,
+on the clean chain (``step(..., requantize=False)``; the paper: no gain).
 
 A flipped bit negates its code (codes are ±1/√d, or ±1 for LFQ), so rebuilding the codes of the flipped
 bits is exact and, without flips, returns the quantizer's own codes. Everything runs in fp32 under
 ``no_grad`` (the tokenizer is frozen).
+
+Random draws, per scale in order: the level of p (``torch.randint``, skipped when p_max = 0), then the
+flips (``torch.rand`` of the scale's (B, h·w, d) bits, skipped when p = 0), from the given generator or
+torch's global one.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from infinity_lit.quantizer import MultiScaleBSQ, ScaleSchedule, downsample, upsample, validate_schedule
+from infinity_lit.quantizer import (
+    MultiScaleBSQ,
+    ResidualState,
+    ScaleSchedule,
+    downsample,
+    scale_bounds,
+    upsample,
+    validate_schedule,
+)
 
 from .transformer import next_scale_input
 
@@ -73,7 +91,7 @@ class BitwiseSelfCorrection:
     """Builds BSC targets / inputs from a latent with the tokenizer's (frozen) multi-scale BSQ.
 
     Args:
-        quantizer: the tokenizer's ``MultiScaleBSQ`` (only its single-scale BSQ and schedule are used).
+        quantizer: the tokenizer's ``MultiScaleBSQ``; its residual steps do the quantization.
         max_flip_prob: p_max in [0, 1], a multiple of 0.01 (reference best 0.3; 0 = teacher forcing).
         requantize: True (BSC): targets from the corrupted residual. False (ablation): targets from the
             clean residual chain, inputs from the flipped codes.
@@ -88,19 +106,27 @@ class BitwiseSelfCorrection:
         self.max_flip_prob = float(max_flip_prob)
         self.requantize = bool(requantize)
 
-    def _quantize(self, r: Tensor) -> tuple[Tensor, Tensor]:
-        """BSQ of (B, d, h, w) → codes (B, d, h, w) float32, bits (B, h·w, d) int64 (as in ``BSQ.forward``)."""
-        bsq = self.quantizer.bsq
-        codes = bsq.quantize(bsq.normalize(r, dim=1))
-        bits = bsq.codes_to_bits(codes).flatten(2).transpose(1, 2)
-        return codes, bits
-
     def _draw_p(self, generator: torch.Generator | None, device: torch.device) -> float:
         if self.levels == 1:
             return 0.0
         dev = generator.device if generator is not None else device
         level = torch.randint(self.levels, (), generator=generator, device=dev)
         return float(level.item()) * FLIP_PROB_STEP
+
+    def draw_flips(self, bits: Tensor, generator: torch.Generator | None = None) -> tuple[float, Tensor]:
+        """One scale's flip probability p and flips, for the bits (B, h·w, d) of that scale.
+
+        Returns:
+            (p, flips): p in {0, 0.01, …, p_max}; flips (B, h·w, d) bool on ``bits``' device, each True
+            with probability p (all False, without a draw, when p = 0).
+        """
+        p = self._draw_p(generator, bits.device)
+        if p > 0:
+            dev = generator.device if generator is not None else bits.device
+            flips = (torch.rand(*bits.shape, generator=generator, device=dev) < p).to(bits.device)
+        else:
+            flips = torch.zeros(bits.shape, dtype=torch.bool, device=bits.device)
+        return p, flips
 
     @torch.no_grad()
     def __call__(
@@ -132,46 +158,37 @@ class BitwiseSelfCorrection:
                 f"latent must be (B, {d}, {schedule[-1][0]}, {schedule[-1][1]}) for this tokenizer, "
                 f"got {tuple(latent.shape)}"
             )
-        B = latent.shape[0]
-        hw = schedule[-1]
-        targets, inputs, flips, probs = [], [], [], []
+        flips: list[Tensor] = []
+        probs: list[float] = []
+
+        def flip(k: int, bits: Tensor) -> Tensor | None:  # the flip hook of the residual step
+            p, f = self.draw_flips(bits, generator)
+            probs.append(p)
+            flips.append(f)
+            return bits ^ f if p > 0 else None
+
+        targets, inputs = [], []
         with torch.autocast(device_type=latent.device.type, enabled=False):
-            residual = latent.float()  # residual of the reconstruction the model sees
-            clean_residual = residual  # only for requantize=False
-            quantized = torch.zeros_like(residual)
-            for k, (h, w) in enumerate(schedule):
-                source = residual if self.requantize else clean_residual
-                codes, bits = self._quantize(downsample(source, (h, w)))
-                p = self._draw_p(generator, latent.device)
-                if p > 0:
-                    dev = generator.device if generator is not None else latent.device
-                    flip = (torch.rand(B, h * w, d, generator=generator, device=dev) < p).to(latent.device)
-                else:
-                    flip = torch.zeros(B, h * w, d, dtype=torch.bool, device=latent.device)
-                flip_map = flip.transpose(1, 2).reshape(B, d, h, w)
-                flipped = torch.where(flip_map, -codes, codes)
-                up = upsample(flipped, hw)
-                residual = residual - up
-                quantized = quantized + up
-                if not self.requantize:
-                    clean_residual = clean_residual - upsample(codes, hw)
-                targets.append(bits)
-                flips.append(flip)
-                probs.append(p)
+            state = self.quantizer.start(latent, schedule)
+            for k in range(len(schedule)):
+                step = self.quantizer.step(state, flip, requantize=self.requantize)
+                targets.append(step.output.bits)  # the quantizer's own bits: never flipped
                 if k + 1 < len(schedule):
-                    inputs.append(next_scale_input(quantized, schedule[k + 1]))
-        empty = latent.new_zeros(B, 0, d, dtype=torch.float32)
+                    inputs.append(next_scale_input(state.quantized, schedule[k + 1]))
+        empty = latent.new_zeros(latent.shape[0], 0, d, dtype=torch.float32)
         return BSCOutput(
             targets=torch.cat(targets, 1),
             inputs=torch.cat(inputs, 1) if inputs else empty,
             flips=torch.cat(flips, 1),
             flip_probs=torch.tensor(probs, dtype=torch.float32),
-            quantized=quantized,
+            quantized=state.quantized,
         )
 
 
 def teacher_forcing_inputs(codes: Sequence[Tensor], scale_schedule: Sequence[Sequence[int]]) -> Tensor:
     """Next-scale inputs from given per-scale codes (no flips): input_{k+1} = resample(Σ_{j≤k} up(q_j)).
+
+    The sum is the quantizer's accumulation (``ResidualState.add_codes``), as in sampling.
 
     Args:
         codes: per scale k, (B, d, h_k, w_k) float codes (e.g. ``MultiScaleOutput.codes``).
@@ -179,20 +196,54 @@ def teacher_forcing_inputs(codes: Sequence[Tensor], scale_schedule: Sequence[Seq
 
     Returns:
         (B, L − h₁w₁, d) float32.
+
+    Raises:
+        ValueError: codes for another number of scales, or of the wrong shape.
     """
     schedule = validate_schedule(scale_schedule)
     if len(codes) != len(schedule):
         raise ValueError(f"got codes for {len(codes)} scales, the schedule has {len(schedule)}")
-    hw = schedule[-1]
-    quantized = None
+    state = ResidualState.empty(schedule)
     inputs = []
     for k, c in enumerate(codes[:-1]):
-        up = upsample(c.float(), hw)
-        quantized = up if quantized is None else quantized + up
-        inputs.append(next_scale_input(quantized, schedule[k + 1]))
+        state.add_codes(c)
+        inputs.append(next_scale_input(state.quantized, schedule[k + 1]))
     if not inputs:
         return codes[0].new_zeros(codes[0].shape[0], 0, codes[0].shape[1])
     return torch.cat(inputs, 1)
+
+
+# ---------------------------------------------------------------------------------------- diagnostic
+
+
+@functools.lru_cache(maxsize=16)
+def _footprints(
+    schedule: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, ...]:
+    hw = schedule[-1]
+    out = []
+    for k in range(len(schedule) - 1):
+        h, w = schedule[k]
+        eye = torch.eye(h * w, device=device, dtype=dtype).view(h * w, 1, h, w)
+        out.append(downsample(upsample(eye, hw), schedule[k + 1]).flatten(1))  # (l_k, l_{k+1})
+    return tuple(out)
+
+
+def flip_footprints(
+    scale_schedule: Sequence[Sequence[int]],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, ...]:
+    """Footprint a_j = down_area(up_bilinear(e_j)) of every cell j of scale k on the grid of scale k+1.
+
+    They depend on the schedule only, so they are built once per (schedule, device, dtype) and cached
+    (up to 16 such keys); treat them as read-only.
+
+    Returns:
+        for k = 1..K−1, a (h_k·w_k, h_{k+1}·w_{k+1}) tensor: row j is cell j's footprint.
+    """
+    schedule = tuple(validate_schedule(scale_schedule))
+    return _footprints(schedule, torch.device(device), dtype)
 
 
 def self_correction_rate(
@@ -203,11 +254,12 @@ def self_correction_rate(
     Definition. A flip of bit c at cell j of scale k (original bit b, sign σ = 2b − 1) moves the
     reconstruction by −2σ·s·up(e_j) in channel c (e_j the one-hot of cell j, s the code magnitude). Its
     footprint on the grid of scale k+1 is the weight vector a_j = down_area(up_bilinear(e_j)), the same
-    resampling that builds the residual the scale-(k+1) target comes from. The model's scale-(k+1)
-    prediction removes the error when its predicted codes in channel c, weighted by that footprint,
-    point back towards the original bit: Σ_i a_j[i]·(2·b̂_{k+1}[i, c] − 1) has the sign σ. The rate is the
-    fraction of flipped bits (scales 1..K−1) for which this holds; the same criterion over the bits that
-    were *not* flipped gives the baseline (how often the next scale agrees with a bit's sign anyway).
+    resampling that builds the residual the scale-(k+1) target comes from (``flip_footprints``, cached).
+    The model's scale-(k+1) prediction removes the error when its predicted codes in channel c, weighted by
+    that footprint, point back towards the original bit: Σ_i a_j[i]·(2·b̂_{k+1}[i, c] − 1) has the sign σ.
+    The rate is the fraction of flipped bits (scales 1..K−1) for which this holds; the same criterion over
+    the bits that were *not* flipped gives the baseline (how often the next scale agrees with a bit's sign
+    anyway).
 
     Args:
         flips: (B, L, d) bool, from ``BSCOutput``.
@@ -219,18 +271,11 @@ def self_correction_rate(
         (rate, baseline): scalar float32 tensors; NaN when no bit was flipped (resp. none unflipped).
     """
     schedule = validate_schedule(scale_schedule)
-    hw = schedule[-1]
-    bounds = []
-    start = 0
-    for h, w in schedule:
-        bounds.append((start, start + h * w))
-        start += h * w
+    bounds = scale_bounds(schedule)
+    footprints = flip_footprints(schedule, flips.device)
     corrected = flipped = agree = unflipped = 0
-    for k in range(len(schedule) - 1):
+    for k, footprint in enumerate(footprints):
         (a0, a1), (b0, b1) = bounds[k], bounds[k + 1]
-        h, w = schedule[k]
-        eye = torch.eye(h * w, device=flips.device).view(h * w, 1, h, w)
-        footprint = downsample(upsample(eye, hw), schedule[k + 1]).flatten(1)  # (l_k, l_{k+1})
         pred_sign = predicted[:, b0:b1].float() * 2 - 1  # (B, l_{k+1}, d)
         score = torch.einsum("jl,bld->bjd", footprint, pred_sign)  # (B, l_k, d)
         sigma = targets[:, a0:a1].float() * 2 - 1

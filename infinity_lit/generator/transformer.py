@@ -16,7 +16,9 @@ q and k with every scale's cell centres mapped onto the final grid), cross-atten
 text tokens (masked), and a GELU FFN.
 
 Heads: the IVC ``Linear(C, 2d)`` gives logits (B, L, d, 2), trained with a 2-way cross-entropy per bit;
-the conventional index head ``Linear(C, 2^d)`` (for d ≤ 16, the IVC ablation) gives (B, L, 2^d).
+the conventional index head ``Linear(C, 2^d)`` (for d ≤ 16, the IVC ablation) gives (B, L, 2^d), with
+the tokenizer's own bits ↔ index conversion (``infinity_lit.quantizer.bits_to_indices``). Scale k's
+positions in the sequence are ``scale_bounds[k]`` (``infinity_lit.quantizer.scale_bounds``).
 
 Sampling uses ``start`` + ``forward_scale``: one scale at a time with a KV cache. Keys are cached after
 RoPE at their own positions, so a cached prefix is exactly what the teacher-forced pass sees (a known
@@ -34,7 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infinity_lit.quantizer import ScaleSchedule, num_tokens, resample_bilinear, validate_schedule
+from infinity_lit.quantizer import (
+    ScaleSchedule,
+    bits_to_indices,
+    indices_to_bits,
+    num_tokens,
+    resample_bilinear,
+    scale_bounds,
+    validate_schedule,
+)
 
 from .text_encoders import TextFeatures
 
@@ -388,11 +398,7 @@ class BitwiseTransformer(nn.Module):
         C = config.width
         self.first_len = schedule[0][0] * schedule[0][1]
         self.seq_len = num_tokens(schedule)
-        self.scale_bounds = []
-        start = 0
-        for h, w in schedule:
-            self.scale_bounds.append((start, start + h * w))
-            start += h * w
+        self.scale_bounds = scale_bounds(schedule)  # [(start, end)) token range of every scale
 
         # text condition: a learned null text (one token + a pooled vector) stands in for dropped captions
         self.text_norm = nn.LayerNorm(Ct)
@@ -420,10 +426,6 @@ class BitwiseTransformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("attn_mask", block_causal_mask(schedule), persistent=False)
         self.register_buffer("scale_index", scale_ids(schedule), persistent=False)
-        if config.head == "index":
-            self.register_buffer(
-                "_powers", 2 ** torch.arange(d - 1, -1, -1, dtype=torch.long), persistent=False
-            )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -569,12 +571,12 @@ class BitwiseTransformer(nn.Module):
 
     # ------------------------------------------------------------------ losses and predictions
     def bits_to_index(self, bits: Tensor) -> Tensor:
-        """(…, d) {0,1} → (…) int64, most significant bit first (the tokenizer's convention)."""
-        return (bits.long() * self._powers).sum(-1)
+        """(…, d) {0,1} → (…) int64, most significant bit first: the tokenizer's own conversion."""
+        return bits_to_indices(bits)
 
     def index_to_bits(self, index: Tensor) -> Tensor:
-        """(…) int64 → (…, d) int64 {0,1}."""
-        return torch.bitwise_and(index.unsqueeze(-1), self._powers).ne(0).long()
+        """(…) int64 → (…, d) int64 {0,1}: the tokenizer's own conversion."""
+        return indices_to_bits(index, self.codebook_dim)
 
     def loss(self, logits: Tensor, targets: Tensor, reduction: Literal["mean", "none"] = "mean") -> Tensor:
         """Cross-entropy in nats per bit, computed in fp32.

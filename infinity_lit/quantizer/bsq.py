@@ -9,7 +9,8 @@ so every code has unit norm and the implicit codebook has 2^d entries. LFQ (Yu e
 same without the normalisation: q = sign(z). Gradients pass straight through (q = u + sg(q − u)).
 
 Each channel is one bit: bit = 1 where the code is positive. Bits convert to integer indices
-(most significant bit first, int64, exact for d ≤ 63) and back.
+(most significant bit first, int64, exact for d ≤ 63) and back (``bits_to_indices`` /
+``indices_to_bits``, the project's only such conversion).
 
 The entropy penalty factorises over bits (cost O(d), not O(2^d)): with p_i = P(bit_i = 1 | u) =
 σ(4·u_i / (√d·T)) (a softmax over the two codes ±1/√d of the distance-based logits),
@@ -53,6 +54,42 @@ class QuantizerOutput(NamedTuple):
     commit_loss: Tensor
     per_sample_entropy: Tensor
     codebook_entropy: Tensor
+
+
+def _require_index_bits(codebook_dim: int) -> None:
+    if codebook_dim > MAX_INDEX_BITS:
+        raise ValueError(
+            f"codebook_dim {codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits"
+        )
+
+
+def _place_values(codebook_dim: int, device: torch.device) -> Tensor:
+    """(d,) int64 place values 2^(d−1−i) of bit i: the most significant bit comes first."""
+    return 2 ** torch.arange(codebook_dim - 1, -1, -1, dtype=torch.int64, device=device)
+
+
+def bits_to_indices(bits: Tensor) -> Tensor:
+    """Bits (…, d) {0,1} (any integer/bool dtype) → indices (…) int64 in [0, 2^d), most significant bit first.
+
+    The one bits → index conversion of the project (the tokenizer's ``BSQ`` and the generator's index head
+    both use it).
+
+    Raises:
+        ValueError: d = 64 (an index would not fit in int64; keep the bits).
+    """
+    _require_index_bits(bits.shape[-1])
+    return (bits.to(torch.int64) * _place_values(bits.shape[-1], bits.device)).sum(-1)
+
+
+def indices_to_bits(indices: Tensor, codebook_dim: int) -> Tensor:
+    """Indices (…) int64 → bits (…, d) int64 in {0,1}; inverse of ``bits_to_indices``.
+
+    Raises:
+        ValueError: d = 64.
+    """
+    _require_index_bits(codebook_dim)
+    place = _place_values(codebook_dim, indices.device)
+    return torch.bitwise_and(indices.to(torch.int64).unsqueeze(-1), place).ne(0).to(torch.int64)
 
 
 def _binary_entropy(p: Tensor) -> Tensor:
@@ -101,12 +138,6 @@ class BSQ(nn.Module):
         self.codebook_entropy_weight = float(codebook_entropy_weight)
         self.entropy_temperature = float(entropy_temperature)
         self.eps = eps
-        # Most significant bit first: index = Σ_i bit_i · 2^(d-1-i).
-        if self.codebook_dim <= MAX_INDEX_BITS:
-            powers = 2 ** torch.arange(self.codebook_dim - 1, -1, -1, dtype=torch.int64)
-        else:
-            powers = torch.zeros(0, dtype=torch.int64)
-        self.register_buffer("_powers", powers, persistent=False)
 
     @property
     def code_scale(self) -> float:
@@ -123,16 +154,15 @@ class BSQ(nn.Module):
         return (codes >= 0).to(torch.int64)
 
     def bits_to_indices(self, bits: Tensor) -> Tensor:
-        """Bits (…, d) → indices (…) int64 in [0, 2^d), most significant bit first.
+        """Bits (…, d) → indices (…) int64 in [0, 2^d), most significant bit first (``bits_to_indices``).
 
         Raises:
-            ValueError: d = 64 (an index would not fit in int64; keep the bits).
+            ValueError: d = 64 (an index would not fit in int64; keep the bits), or bits of another d.
         """
-        if self.codebook_dim > MAX_INDEX_BITS:
-            raise ValueError(
-                f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits"
-            )
-        return (bits.to(torch.int64) * self._powers.to(bits.device)).sum(-1)
+        _require_index_bits(self.codebook_dim)
+        if bits.shape[-1] != self.codebook_dim:
+            raise ValueError(f"bits must end in d={self.codebook_dim}, got shape {tuple(bits.shape)}")
+        return bits_to_indices(bits)
 
     def indices_to_bits(self, indices: Tensor) -> Tensor:
         """Indices (…) int64 → bits (…, d) int64 in {0,1}; inverse of ``bits_to_indices``.
@@ -140,15 +170,7 @@ class BSQ(nn.Module):
         Raises:
             ValueError: d = 64.
         """
-        if self.codebook_dim > MAX_INDEX_BITS:
-            raise ValueError(
-                f"codebook_dim {self.codebook_dim} > {MAX_INDEX_BITS}: indices do not fit int64; use bits"
-            )
-        return (
-            torch.bitwise_and(indices.to(torch.int64).unsqueeze(-1), self._powers.to(indices.device))
-            .ne(0)
-            .to(torch.int64)
-        )
+        return indices_to_bits(indices, self.codebook_dim)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:
         """Indices (…) → codes (…, d) float32."""

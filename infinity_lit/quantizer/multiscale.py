@@ -12,6 +12,13 @@ Given a latent F (B, d, h, w) and a schedule [(h₁,w₁), …, (h_K,w_K)] with 
 Each scale's quantizer gets the straight-through gradient of its own input; the residual chain is
 detached (as in the reference code), so F receives one gradient path per scale.
 
+The loop body lives in one place, ``MultiScaleBSQ.step``, over a ``ResidualState`` begun by
+``MultiScaleBSQ.start``; ``forward`` is that loop. An optional per-scale *flip hook* may replace the bits
+of scale k before they enter the reconstruction (a replaced bit negates its code, which is exact since
+codes are ±s): Bitwise Self-Correction (``infinity_lit.generator.self_correction``) is such a hook.
+Rebuilding F̂ from given bits (sampling, decoding) uses the same accumulation, F̂ ← F̂ + up(q_k), through
+``MultiScaleBSQ.start_decoding`` and ``add_bits`` (``ResidualState.add_codes`` underneath).
+
 Decoding from the first k scales only gives the progressive reconstruction. The optional "_reg"
 regulariser (``scale_drop_prob``) keeps only a random prefix of the scales for a whole batch during
 training, so that early scales alone decode well.
@@ -19,14 +26,15 @@ training, so that early scales alone decode well.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bsq import BSQ
+from .bsq import BSQ, QuantizerOutput
 from .schedules import ScaleSchedule, validate_schedule
 
 
@@ -71,8 +79,112 @@ class MultiScaleOutput(NamedTuple):
     codebook_entropy: Tensor
 
 
+#: A per-scale flip hook: ``hook(k, bits)`` gets the index k (0-based) of the scale and its bits
+#: (B, h_k·w_k, d) int64 {0,1} as BSQ gave them, and returns the bits (same shape, {0,1}) that enter the
+#: reconstruction instead, or None to keep them.
+FlipHook = Callable[[int, Tensor], Tensor | None]
+
+
+def _tokens_to_grid(x: Tensor, hw: tuple[int, int]) -> Tensor:
+    """(B, h·w, d), row-major over the grid → (B, d, h, w)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], hw[0], hw[1])
+
+
+@dataclass
+class ResidualState:
+    """Where a scale-by-scale pass over a schedule stands; advanced in place, one scale at a time.
+
+    Begun by ``MultiScaleBSQ.start`` (quantizing a latent: ``residual`` set), ``MultiScaleBSQ.start_decoding``
+    (rebuilding F̂ from given bits) or ``ResidualState.empty`` (summing given codes).
+
+    Attributes:
+        schedule: the scales of the pass, in order.
+        latent_hw: (h, w), the grid of F̂ and of the residual.
+        quantized: F̂ = Σ_{j<num_done} up(q_j), (B, d, h, w) float32; None while F̂ is still 0 and not
+            materialised (``empty``): the first ``add_codes`` then sets F̂ = up(q_1) itself, so F̂ keeps the
+            memory layout of the up-sampled codes. ``start`` / ``start_decoding`` begin from a zero tensor
+            instead (F̂ then has the layout of the latent, resp. is contiguous).
+        residual: (B, d, h, w) float32, what the next scale quantizes (after area down-sampling); None
+            when there is no latent.
+        num_done: the number of scales accumulated so far.
+    """
+
+    schedule: ScaleSchedule
+    latent_hw: tuple[int, int]
+    quantized: Tensor | None = None
+    residual: Tensor | None = None
+    num_done: int = 0
+
+    @classmethod
+    def empty(
+        cls, schedule: Sequence[Sequence[int]], latent_hw: Sequence[int] | None = None
+    ) -> ResidualState:
+        """A pass with F̂ = 0 (not materialised) and no residual; latent_hw defaults to the last scale."""
+        schedule = [(int(h), int(w)) for h, w in schedule]
+        hw = schedule[-1] if latent_hw is None else (int(latent_hw[0]), int(latent_hw[1]))
+        return cls(schedule, hw)
+
+    @property
+    def next_hw(self) -> tuple[int, int]:
+        """(h_k, w_k) of the next scale.
+
+        Raises:
+            ValueError: every scale of the schedule is done.
+        """
+        if self.num_done >= len(self.schedule):
+            raise ValueError(f"all {len(self.schedule)} scales are already accumulated")
+        return self.schedule[self.num_done]
+
+    def add_codes(self, codes: Tensor) -> Tensor:
+        """Accumulate the next scale: F̂ ← F̂ + up(codes) (bilinear, in fp32); ``num_done`` advances.
+
+        Args:
+            codes: (B, d, h_k, w_k) float codes of the next scale (gradients flow through).
+
+        Returns:
+            up(codes), (B, d, h, w) float32.
+
+        Raises:
+            ValueError: all scales done, or codes that do not fit the next scale.
+        """
+        hw_k = self.next_hw
+        if tuple(codes.shape[-2:]) != hw_k or (
+            self.quantized is not None and codes.shape[:2] != self.quantized.shape[:2]
+        ):
+            expected = (*self.quantized.shape[:2], *hw_k) if self.quantized is not None else ("B", "d", *hw_k)
+            raise ValueError(
+                f"codes of shape {tuple(codes.shape)} do not fit scale {self.num_done}: expected {expected}"
+            )
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            up = upsample(codes.float(), self.latent_hw)
+            self.quantized = up if self.quantized is None else self.quantized + up
+        self.num_done += 1
+        return up
+
+
+class ScaleStep(NamedTuple):
+    """One residual step of ``MultiScaleBSQ.step``.
+
+    Attributes:
+        scale: k, the 0-based index of the scale.
+        output: BSQ(r_k) of the residual: its codes (B, d, h_k, w_k) float32 and bits (B, h_k·w_k, d)
+            int64 (the quantizer's own, before any hook), and its losses.
+        codes: the codes that entered F̂, (B, d, h_k, w_k) float32: ``output.codes`` with the code of
+            every replaced bit negated (``output.codes`` itself without a replacement).
+        bits: the bits that entered F̂, (B, h_k·w_k, d): the hook's, or ``output.bits``.
+    """
+
+    scale: int
+    output: QuantizerOutput
+    codes: Tensor
+    bits: Tensor
+
+
 class MultiScaleBSQ(nn.Module):
     """Residual BSQ over a scale schedule; wraps one shared single-scale ``BSQ``.
+
+    ``forward`` quantizes a latent in one call; ``start`` + ``step`` walk the same residual loop one scale
+    at a time (with an optional flip hook), ``start_decoding`` + ``add_bits`` rebuild F̂ from given bits.
 
     Args:
         codebook_dim: d, bits per position, 1..64.
@@ -165,17 +277,12 @@ class MultiScaleBSQ(nn.Module):
         if not 1 <= num_scales <= K:
             raise ValueError(f"num_scales must be in 1..{K}, got {num_scales}")
 
-        hw = schedule[-1]
         with torch.autocast(device_type=z.device.type, enabled=False):
-            residual = z.float()
-            quantized = torch.zeros_like(residual)
+            state = self._begin(z, schedule)
             codes, bits = [], []
             entropy, commit, ps_ent, cb_ent = [], [], [], []
-            for k in range(num_scales):
-                out = self.bsq(downsample(residual, schedule[k]))
-                up = upsample(out.codes, hw)
-                residual = residual - up.detach()
-                quantized = quantized + up
+            for _ in range(num_scales):
+                out = self.step(state).output
                 codes.append(out.codes)
                 bits.append(out.bits)
                 entropy.append(out.entropy_loss)
@@ -184,29 +291,116 @@ class MultiScaleBSQ(nn.Module):
                 cb_ent.append(out.codebook_entropy)
         mean = lambda xs: torch.stack(xs).mean()  # noqa: E731
         return MultiScaleOutput(
-            quantized, codes, bits, mean(entropy), mean(commit), mean(ps_ent), mean(cb_ent)
+            state.quantized, codes, bits, mean(entropy), mean(commit), mean(ps_ent), mean(cb_ent)
         )
+
+    # ------------------------------------------------------------------ residual steps
+    def _begin(self, z: Tensor, schedule: ScaleSchedule) -> ResidualState:
+        residual = z.float()
+        return ResidualState(schedule, schedule[-1], torch.zeros_like(residual), residual)
+
+    def start(self, z: Tensor, scale_schedule: Sequence[Sequence[int]] | None = None) -> ResidualState:
+        """Begin a scale-by-scale residual pass over a latent: residual ← F, F̂ ← 0.
+
+        Args:
+            z: (B, d, h, w) latent (any float dtype; kept in fp32).
+            scale_schedule: override of the module's schedule; its last scale must equal (h, w).
+
+        Returns:
+            a ``ResidualState`` for ``step``.
+
+        Raises:
+            ValueError: the latent grid differs from the last scale.
+        """
+        return self._begin(z, self._schedule_for(z, scale_schedule))
+
+    def start_decoding(
+        self,
+        batch_size: int,
+        scale_schedule: Sequence[Sequence[int]] | None = None,
+        device: torch.device | str | None = None,
+    ) -> ResidualState:
+        """Begin rebuilding F̂ from per-scale bits (``add_bits``): F̂ = 0, a contiguous (batch_size, d, h, w)
+        float32 tensor on ``device`` (so F̂ stays contiguous, whatever the layout of the codes)."""
+        schedule = self.scale_schedule if scale_schedule is None else validate_schedule(scale_schedule)
+        zeros = torch.zeros(batch_size, self.codebook_dim, *schedule[-1], dtype=torch.float32, device=device)
+        return ResidualState(schedule, schedule[-1], zeros)
+
+    def step(self, state: ResidualState, flip: FlipHook | None = None, requantize: bool = True) -> ScaleStep:
+        """One residual step at the next scale k, in fp32 (also under autocast); ``state`` advances in place.
+
+        r_k = down(residual, (h_k, w_k)) (area); q_k = BSQ(r_k); the hook may replace q_k's bits (a
+        replaced bit negates its code); F̂ ← F̂ + up(q_k) (bilinear); residual ← residual − sg(up(q_k)).
+
+        Args:
+            state: from ``start``.
+            flip: optional ``FlipHook`` (e.g. Bitwise Self-Correction's random flips); called once, after
+                BSQ, with the scale index and the quantizer's own bits.
+            requantize: True: the replaced codes also leave the residual, so later scales are quantized
+                against the reconstruction with the replaced bits (Bitwise Self-Correction). False: the
+                residual follows the quantizer's own codes and the replacement reaches F̂ only (the
+                "flip without re-quantisation" ablation). No effect without a replacement.
+
+        Returns:
+            ``ScaleStep``.
+
+        Raises:
+            ValueError: a state without residual (begun from bits), all scales done, a latent of another
+                codebook_dim, or a hook that returns bits of another shape.
+        """
+        if state.residual is None:
+            raise ValueError("this pass has no latent to quantize (it rebuilds F̂ from bits); use add_bits")
+        k, hw_k = state.num_done, state.next_hw
+        with torch.autocast(device_type=state.residual.device.type, enabled=False):
+            out = self.bsq(downsample(state.residual, hw_k))
+            codes, bits = out.codes, out.bits
+            replaced = flip(k, out.bits) if flip is not None else None
+            if replaced is not None:
+                if tuple(replaced.shape) != tuple(out.bits.shape):
+                    raise ValueError(
+                        f"the flip hook returned bits of shape {tuple(replaced.shape)} for scale {k}; "
+                        f"expected {tuple(out.bits.shape)}"
+                    )
+                changed = _tokens_to_grid(replaced != out.bits, hw_k)  # (B, d, h_k, w_k) bool
+                codes, bits = torch.where(changed, -out.codes, out.codes), replaced
+            up = state.add_codes(codes)  # (B, d, h, w)
+            if replaced is not None and not requantize:
+                up = upsample(out.codes, state.latent_hw)
+            state.residual = state.residual - up.detach()
+        return ScaleStep(k, out, codes, bits)
+
+    def add_bits(self, state: ResidualState, bits: Tensor) -> Tensor:
+        """Accumulate given bits (B, h_k·w_k, d) {0,1} of the next scale: F̂ ← F̂ + up(codes(bits)).
+
+        Returns:
+            the codes (B, d, h_k, w_k) float32 of the bits.
+
+        Raises:
+            ValueError: all scales done, or bits that do not fit the next scale.
+        """
+        codes = self.bits_to_codes(bits, state.next_hw)
+        state.add_codes(codes)
+        return codes
 
     # ------------------------------------------------------------------ decoding helpers
     def codes_to_quantized(self, codes: Sequence[Tensor], latent_hw: tuple[int, int] | None = None) -> Tensor:
         """F̂ = Σ_k up(codes_k) for the given (possibly first-k) per-scale codes, (B, d, h, w) float32."""
-        hw = tuple(latent_hw) if latent_hw is not None else self.latent_hw
-        out = None
-        for c in codes:
-            up = upsample(c.float(), hw)
-            out = up if out is None else out + up
-        if out is None:
+        if len(codes) == 0:
             raise ValueError("need the codes of at least one scale")
-        return out
+        hw = tuple(latent_hw) if latent_hw is not None else self.latent_hw
+        state = ResidualState.empty([c.shape[-2:] for c in codes], hw)
+        for c in codes:
+            state.add_codes(c)
+        return state.quantized
 
     def bits_to_codes(self, bits: Tensor, hw: tuple[int, int]) -> Tensor:
         """Bits (B, h·w, d) of one scale → codes (B, d, h, w) float32."""
-        B, L, d = bits.shape
+        _, L, d = bits.shape
         if L != hw[0] * hw[1] or d != self.codebook_dim:
             raise ValueError(
                 f"bits of shape {tuple(bits.shape)} do not fit scale {hw} with d={self.codebook_dim}"
             )
-        return self.bsq.bits_to_codes(bits).transpose(1, 2).reshape(B, d, hw[0], hw[1])
+        return _tokens_to_grid(self.bsq.bits_to_codes(bits), hw)
 
     def bits_to_quantized(
         self, bits: Sequence[Tensor], scale_schedule: Sequence[Sequence[int]] | None = None

@@ -191,3 +191,15 @@ def validate_schedule(
 def num_tokens(schedule: Sequence[Sequence[int]]) -> int:
     """Total number of token positions Σ h_k·w_k over the schedule (521 for square-16)."""
     return sum(int(h) * int(w) for h, w in schedule)
+
+
+def scale_bounds(schedule: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Token index range [start, end) of every scale in the sequence of all scales (scale order, row-major).
+
+    Example: [(1,1), (2,2), (4,4)] → [(0, 1), (1, 5), (5, 21)].
+    """
+    bounds, start = [], 0
+    for h, w in schedule:
+        bounds.append((start, start + int(h) * int(w)))
+        start += int(h) * int(w)
+    return bounds

@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from infinity_lit.generator import self_correction
 from infinity_lit.generator.sampling import ScaleAccumulator, sample, sample_classes, top_p_probs
 from infinity_lit.generator.self_correction import (
     BitwiseSelfCorrection,
+    flip_footprints,
     flip_levels,
     self_correction_rate,
     teacher_forcing_inputs,
@@ -25,7 +27,7 @@ from infinity_lit.generator.transformer import (
     block_causal_mask,
     scale_positions,
 )
-from infinity_lit.quantizer import MultiScaleBSQ
+from infinity_lit.quantizer import BSQ, MultiScaleBSQ, downsample, scale_bounds, upsample
 from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
 
 SCHEDULE = [(1, 1), (2, 2), (4, 4)]  # 1 + 4 + 16 = 21 positions
@@ -171,6 +173,70 @@ def test_loss_is_per_bit_cross_entropy():
     assert idx_model.bits_to_index(torch.tensor([1, 0, 1, 1])) == 11  # most significant bit first
 
 
+def test_index_head_uses_the_quantizers_bits_index_conversion():
+    for d in (4, 10):
+        model = tiny_model(d=d, head="index")
+        bits = torch.randint(0, 2, (3, 21, d), generator=torch.Generator().manual_seed(d))
+        idx = model.bits_to_index(bits)
+        assert torch.equal(idx, BSQ(d).bits_to_indices(bits))
+        assert torch.equal(model.index_to_bits(idx), BSQ(d).indices_to_bits(idx))
+        assert torch.equal(model.predict_bits(F.one_hot(idx, 2**d).float()), bits)
+    assert model.scale_bounds == scale_bounds(SCHEDULE) == [(0, 1), (1, 5), (5, 21)]
+
+
+def _bf16_cached_and_teacher_forced(model, text, x, device):
+    """fp32 teacher-forced logits, and bf16-autocast teacher-forced / KV-cached logits (as fp32) on device."""
+    model, x = model.to(device), x.to(device)
+    text = TextFeatures(text.tokens.to(device), text.mask.to(device), text.pooled.to(device))
+    with torch.no_grad():
+        ref = model(x, text)
+        cached_fp32 = torch.cat(_cached_pass(model, text, x), 1)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            forced = model(x, text)
+            cached = torch.cat(_cached_pass(model, text, x), 1)
+    assert forced.dtype == torch.bfloat16 and cached.dtype == torch.bfloat16
+    return ref, cached_fp32, forced.float(), cached.float()
+
+
+def _cached_pass(model, text, x):
+    state = model.start(text)
+    return [
+        model.forward_scale(state, None),
+        model.forward_scale(state, x[:, :4]),
+        model.forward_scale(state, x[:, 4:]),
+    ]
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+            ],
+        ),
+    ],
+)
+def test_bf16_autocast_cached_logits_agree_with_teacher_forced(device):
+    """Under bf16 autocast the KV-cached pass stays within bf16 rounding of the teacher-forced one.
+
+    fp32 on the device must agree to 1e-5 (the RoPE pitfall moves logits by > 1e-3); bf16 to a few bf16
+    steps of the logit scale (measured on CPU: ≤ 2e-3 at a scale of ~0.5, and ~2e-3 from fp32).
+    """
+    model = tiny_model()
+    text = random_text()
+    x = torch.randn(3, 20, 4, generator=torch.Generator().manual_seed(2))
+    ref, cached_fp32, forced, cached = _bf16_cached_and_teacher_forced(model, text, x, device)
+    assert (cached_fp32 - ref).abs().max() <= 1e-5
+    tol = 3e-2 * ref.abs().max().item()
+    assert (cached - forced).abs().max().item() <= tol
+    assert (forced - ref).abs().max().item() <= tol and (cached - ref).abs().max().item() <= tol
+    assert (cached - forced).abs().max().item() > 0 or device == "cpu"  # bf16 did run on the device
+
+
 def test_config_validation_and_presets():
     assert PRESETS["2.2B"] == dict(depth=32, width=2080, num_heads=20)
     cfg = TransformerConfig.preset("125M")
@@ -234,6 +300,57 @@ def test_bsc_without_flips_is_teacher_forcing_exactly():
             forced.append(acc.next_input())
     torch.testing.assert_close(torch.cat(forced, 1), out.inputs, atol=1e-6, rtol=0)
     torch.testing.assert_close(acc.f_hat, ref.quantized, atol=1e-6, rtol=0)
+
+
+def test_scale_accumulator_is_the_quantizers_accumulation():
+    quantizer = MultiScaleBSQ(4, SCHEDULE).eval()
+    g = torch.Generator().manual_seed(4)
+    bits = [torch.randint(0, 2, (2, h * w, 4), generator=g) for h, w in SCHEDULE]
+    acc = ScaleAccumulator(quantizer, SCHEDULE, 2, "cpu")
+    state = quantizer.start_decoding(2)
+    for k, b in enumerate(bits):
+        acc.add(b)
+        quantizer.add_bits(state, b)
+        assert acc.num_done == k + 1
+        assert torch.equal(acc.f_hat, state.quantized)
+        assert torch.equal(acc.f_hat, quantizer.bits_to_quantized(bits[: k + 1]))
+    with pytest.raises(ValueError, match="already accumulated"):
+        acc.add(bits[0])
+
+
+def test_bsc_is_a_flip_policy_over_the_quantizer_steps(monkeypatch):
+    """BSC quantizes only through ``MultiScaleBSQ.step``: replaying its flips through the steps reproduces it."""
+    schedule = [(1, 1), (2, 2), (4, 4), (8, 8)]
+    quantizer = MultiScaleBSQ(8, schedule).eval()
+    z = _latent(B=8, d=8, hw=(8, 8))
+    calls = []
+    original = quantizer.step
+
+    def counting(state, flip=None, requantize=True):
+        calls.append(requantize)
+        return original(state, flip, requantize=requantize)
+
+    monkeypatch.setattr(quantizer, "step", counting)
+    for requantize in (True, False):
+        calls.clear()
+        out = BitwiseSelfCorrection(quantizer, 0.3, requantize=requantize)(
+            z, generator=torch.Generator().manual_seed(5)
+        )
+        assert calls == [requantize] * 4
+        assert out.flips.any()
+        # replay the reported flips through the quantizer's own steps
+        bounds = scale_bounds(schedule)
+        state = quantizer.start(z)
+        targets, inputs = [], []
+        for k, (a, b) in enumerate(bounds):
+            flips_k = out.flips[:, a:b]
+            step = original(state, lambda _, bits, f=flips_k: bits ^ f, requantize=requantize)
+            targets.append(step.output.bits)
+            if k + 1 < len(schedule):
+                inputs.append(self_correction.next_scale_input(state.quantized, schedule[k + 1]))
+        assert torch.equal(out.targets, torch.cat(targets, 1))
+        assert torch.equal(out.inputs, torch.cat(inputs, 1))
+        assert torch.equal(out.quantized, state.quantized)
 
 
 def test_bsc_targets_are_requantised_against_the_corrupted_reconstruction():
@@ -315,6 +432,41 @@ def test_self_correction_rate_by_hand():
     predicted[0, 1:, 1] = torch.tensor([1, 1, 1, 0])  # channel 1: mostly 1 → away from bit 0
     rate, baseline = self_correction_rate(flips, targets, predicted, schedule)
     assert rate.item() == 0.5 and math.isnan(baseline.item())
+
+
+def test_self_correction_footprints_are_built_once_per_schedule(monkeypatch):
+    schedule = [(1, 1), (2, 2), (4, 4), (8, 8)]
+    quantizer = MultiScaleBSQ(8, schedule).eval()
+    out = BitwiseSelfCorrection(quantizer, 0.3)(
+        _latent(B=8, d=8, hw=(8, 8)), generator=torch.Generator().manual_seed(2)
+    )
+    predicted = torch.randint(0, 2, out.targets.shape, generator=torch.Generator().manual_seed(3))
+    self_correction._footprints.cache_clear()
+    eyes = []
+    real_eye = torch.eye
+
+    def counting_eye(*args, **kwargs):
+        eyes.append(args[0])
+        return real_eye(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "eye", counting_eye)
+    first = self_correction_rate(out.flips, out.targets, predicted, schedule)
+    second = self_correction_rate(out.flips, out.targets, predicted, [list(hw) for hw in schedule])
+    assert eyes == [1, 4, 16]  # one identity per scale pair, on the first call only
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not math.isnan(first[0].item())
+    cached = flip_footprints(schedule)
+    assert all(a is b for a, b in zip(cached, flip_footprints(tuple(schedule), torch.device("cpu"))))
+    assert len(eyes) == 3
+    # the cached footprints are the resampled one-hots, built here without the cache
+    for k, fp in enumerate(cached):
+        h, w = schedule[k]
+        ref = downsample(upsample(real_eye(h * w).view(h * w, 1, h, w), (8, 8)), schedule[k + 1]).flatten(1)
+        assert torch.equal(fp, ref)
+        # bilinear up keeps a cell's mass ×(64 / h·w); area down averages it back: each row sums to l_{k+1}/l_k
+        nh, nw = schedule[k + 1]
+        torch.testing.assert_close(fp.sum(1), torch.full((h * w,), nh * nw / (h * w)))
+    assert flip_footprints(schedule, dtype=torch.float64)[0].dtype == torch.float64 and len(eyes) == 6
 
 
 # ---------------------------------------------------------------------------------------- sampling

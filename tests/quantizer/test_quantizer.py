@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -14,9 +15,12 @@ from infinity_lit.quantizer import (
     LFQ,
     MultiScaleBSQ,
     aspect_ratio_schedule,
+    bits_to_indices,
     downsample,
+    indices_to_bits,
     named_schedule,
     num_tokens,
+    scale_bounds,
     schedule_for_latent,
     square_schedule,
     upsample,
@@ -73,6 +77,19 @@ def test_round_trips_bits_codes_indices(d):
     expected = sum(int(b) << (d - 1 - i) for i, b in enumerate(bits[0, 0].tolist()))
     assert idx[0, 0].item() == expected
     torch.testing.assert_close(q.indices_to_codes(idx), codes)
+
+
+def test_module_level_index_conversion_is_the_bsq_one():
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (4, 9, 12), generator=g)
+    idx = bits_to_indices(bits)
+    assert torch.equal(idx, BSQ(12).bits_to_indices(bits))
+    assert torch.equal(indices_to_bits(idx, 12), bits)
+    assert bits_to_indices(torch.tensor([True, False, True, True])).item() == 11  # MSB first, bool accepted
+    with pytest.raises(ValueError, match="use bits"):
+        indices_to_bits(idx, 64)
+    with pytest.raises(ValueError, match="must end in d=12"):
+        BSQ(12).bits_to_indices(bits[..., :5])
 
 
 def test_index_extremes_and_d64_keeps_bits():
@@ -229,6 +246,15 @@ def test_reference_square_schedules_token_counts():
     assert len(square_schedule(32)) == 10
     assert len(square_schedule(64)) == 13 and num_tokens(square_schedule(64)) == 10521
     assert named_schedule("square-16") == s256
+
+
+def test_scale_bounds_tile_the_sequence():
+    assert scale_bounds([(1, 1), (2, 2), (4, 4)]) == [(0, 1), (1, 5), (5, 21)]
+    schedule = schedule_for_latent((16, 32), 7)
+    bounds = scale_bounds(schedule)
+    assert bounds[0][0] == 0 and bounds[-1][1] == num_tokens(schedule)
+    assert all(b[0] == a[1] for a, b in itertools.pairwise(bounds))
+    assert [b - a for a, b in bounds] == [h * w for h, w in schedule]
 
 
 def test_aspect_ratio_schedule_has_about_square_areas():
