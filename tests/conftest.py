@@ -1,4 +1,5 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: real OpenMoji data, emoji renders, Inception weights, and the tiny tokenizer and
+generator checkpoints every test that needs one reads (written through ``infinity_lit.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,63 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv(ENV_CACHE, str(cache))
         mp.delenv(ENV_WEIGHTS, raising=False)
         return inception_weights_path()
+
+
+# ---------------------------------------------------------------- tiny checkpoints
+
+#: The tiny tokenizer of the shared checkpoint: 32² images, stride 8 → 4×4 latent, 3 scales, d = 6 bits.
+TINY_TOKENIZER = {
+    "codebook_dim": 6,
+    "scale_schedule": [[1, 1], [2, 2], [4, 4]],
+    "base_channels": 8,
+    "channel_multipliers": [1, 1, 2, 2],
+    "num_res_blocks": 1,
+    "num_groups": 4,
+}
+#: Width of the default (bundled MiniLM) text encoder's features.
+MINILM_DIM = 384
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_config():
+    """The ``TokenizerConfig`` of ``tiny_tokenizer_ckpt``."""
+    from infinity_lit.tokenizer import TokenizerConfig
+
+    return TokenizerConfig.from_dict(TINY_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_config) -> Path:
+    """A randomly initialised (seed 0) tiny tokenizer in the ``TokenizerModule`` checkpoint layout, written
+    through ``infinity_lit.checkpoints``; read it with ``load_tokenizer``. Do not modify it."""
+    from infinity_lit.checkpoints import TOKENIZER, write_checkpoint
+    from infinity_lit.tokenizer import BitwiseTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = BitwiseTokenizer(tiny_tokenizer_config)
+    path = tmp_path_factory.mktemp("tiny_tokenizer") / "tokenizer.ckpt"
+    hparams = {"tokenizer": tiny_tokenizer_config.to_dict()}
+    return write_checkpoint(path, hparams, tokenizer.state_dict(), prefix=TOKENIZER.prefix)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_ckpt: Path) -> Path:
+    """A randomly initialised (seed 1) ``tiny``-preset transformer over ``tiny_tokenizer_ckpt`` and the
+    MiniLM text encoder (16 tokens) in the ``GeneratorModule`` checkpoint layout, written through
+    ``infinity_lit.checkpoints``; read it with ``load_generator``. Do not modify it."""
+    from infinity_lit.checkpoints import GENERATOR, write_checkpoint
+    from infinity_lit.generator.module import transformer_config_to_dict
+    from infinity_lit.generator.transformer import BitwiseTransformer, TransformerConfig
+
+    config = TransformerConfig.preset("tiny")
+    schedule = [tuple(hw) for hw in TINY_TOKENIZER["scale_schedule"]]
+    torch.manual_seed(1)
+    model = BitwiseTransformer(config.complete(TINY_TOKENIZER["codebook_dim"], schedule, MINILM_DIM))
+    hparams = {
+        "transformer": transformer_config_to_dict(config),
+        "tokenizer_checkpoint": str(tiny_tokenizer_ckpt),
+        "text_encoder": "minilm",
+        "text_max_length": 16,
+    }
+    path = tmp_path_factory.mktemp("tiny_generator") / "generator.ckpt"
+    return write_checkpoint(path, hparams, model.state_dict(), prefix=GENERATOR.prefix)

@@ -27,7 +27,6 @@ def tokenizer(argv: list[str] | None = None):
         argv,
         str(model_runs_dir("tokenizer")),
         subcommands=("fit", "validate", "test"),
-        auto_configure_optimizers=False,  # manual optimisation: the module owns its optimisers
     )
 
 

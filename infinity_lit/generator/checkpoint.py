@@ -7,12 +7,12 @@ the text encoder are named by reference in its hyper-parameters and loaded from 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from infinity_lit.checkpoints import GENERATOR, read_checkpoint
 from infinity_lit.tokenizer import BitwiseTokenizer, load_tokenizer
 
 from .text_encoders import TextEncoder, build_text_encoder
@@ -44,11 +44,13 @@ def load_generator(
 ) -> LoadedGenerator:
     """Rebuild a trained generator from a ``GeneratorModule`` checkpoint (no Lightning import).
 
-    The checkpoint holds the transformer's weights; the tokenizer and the text encoder are loaded from
-    the references in its hyper-parameters (overridable, e.g. after moving files).
+    The checkpoint (read by ``infinity_lit.checkpoints``: weights-only) holds the transformer's weights; the
+    tokenizer and the text encoder are loaded from the references in its hyper-parameters (overridable,
+    e.g. after moving files).
 
     Args:
-        path: a ``.ckpt`` from ``infinity-lit generator fit``.
+        path: a ``.ckpt`` from ``infinity-lit generator fit``, or its run folder (which stands for
+            ``checkpoints/last.ckpt``).
         map_location: device of the returned modules.
         use_ema: prefer the EMA weights when the run used ``EMAWeightAveraging`` (else the raw ones).
         tokenizer_checkpoint: override of the tokenizer checkpoint path stored in the checkpoint.
@@ -56,22 +58,11 @@ def load_generator(
 
     Raises:
         FileNotFoundError: no file at ``path`` (or at the tokenizer path).
-        ValueError: not a generator checkpoint, or a tokenizer that does not fit the transformer.
+        ValueError: (``infinity_lit.checkpoints.CheckpointError``) a truncated or corrupt file, not a
+            generator checkpoint, or a tokenizer that does not fit the transformer.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no generator checkpoint at {str(path)!r}; pass the .ckpt written by 'infinity-lit generator fit' "
-            "(e.g. runs/generator/<name>/version_<n>/checkpoints/last.ckpt)"
-        )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
-    if not isinstance(hp, Mapping) or not isinstance(hp.get("transformer"), Mapping):
-        raise ValueError(
-            f"{str(path)!r} is not a generator checkpoint (no 'transformer' hyper-parameters); pass a checkpoint "
-            "written by 'infinity-lit generator fit'"
-        )
-    hp = dict(hp)
+    ckpt = read_checkpoint(path, GENERATOR)
+    hp = ckpt.hyper_parameters
     tokenizer = load_tokenizer(tokenizer_checkpoint or hp["tokenizer_checkpoint"], map_location=map_location)
     text_encoder = build_text_encoder(
         hp.get("text_encoder", "minilm"),
@@ -82,10 +73,6 @@ def load_generator(
     config = TransformerConfig(**dict(hp["transformer"]))
     config = config.complete(tokenizer.codebook_dim, tokenizer.scale_schedule, text_encoder.dim)
     model = BitwiseTransformer(config)
-    state = ckpt["state_dict"]
-    if not use_ema and "current_model_state" in ckpt:
-        state = ckpt["current_model_state"]
-    prefix = "transformer."
-    model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    model.load_state_dict(ckpt.weights(use_ema=use_ema))
     model.to(map_location).eval().requires_grad_(False)
     return LoadedGenerator(model, tokenizer, text_encoder, hp)

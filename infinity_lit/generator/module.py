@@ -7,12 +7,17 @@ One training step (§3.2–3.4):
     captions ──frozen text encoder──► tokens / mask / pooled ──CFG dropout (→ learned null text)──►
     transformer(inputs, text) ──► logits (B,L,d,2) ──per-bit cross-entropy──► loss (nats per bit)
 
-Frozen stages, in the open: the tokenizer (from ``tokenizer_checkpoint``) and the text encoder (from its
-kind and path) are in eval mode with ``requires_grad`` False, are not given to the optimiser and are
-left out of ``state_dict()`` and so of every checkpoint; the checkpoint names them by reference (the
-path and kind in the hyper-parameters) and ``load_from_checkpoint`` / ``load_generator`` rebuild them.
+Frozen stages, in the open (``infinity_lit.training.FrozenStages``): the tokenizer (from
+``tokenizer_checkpoint``) and the text encoder (from its kind and path) are in eval mode with
+``requires_grad`` False, are not given to the optimiser and are left out of ``state_dict()`` and so of
+every checkpoint; the checkpoint names them by reference (the path and kind in the hyper-parameters) and
+``load_from_checkpoint`` / ``load_generator`` rebuild them.
 ``codebook_dim`` and the scale schedule are read from the tokenizer checkpoint; a different value in the
 generator's ``transformer`` config is an error.
+
+Optimiser: AdamW with the warm-up + cosine / constant schedule of ``model.optimizer``
+(``infinity_lit.training.OptimizerConfig``; defaults ``GENERATOR_OPTIMIZER``), stepped once per training
+batch; weight decay on matrices only.
 
 EMA weights: add Lightning's ``EMAWeightAveraging`` callback (``use_buffers: false``); the checkpoint's ``state_dict`` then holds
 the averaged weights (used for validation samples too) and ``current_model_state`` the raw ones.
@@ -30,21 +35,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
 from infinity_lit.tokenizer import load_tokenizer
+from infinity_lit.training.frozen import FrozenStages
+from infinity_lit.training.optim import OptimizerConfig
 
 from .sampling import sample
 from .self_correction import BitwiseSelfCorrection, BSCOutput, self_correction_rate
 from .text_encoders import TextEncoderKind, build_text_encoder
 from .transformer import BitwiseTransformer, TransformerConfig
 
-#: Sub-modules that are frozen and saved by reference, never by value.
-FROZEN = ("tokenizer", "text_encoder")
+#: The generator's default optimiser: AdamW (0.9, 0.97), weight decay 0.05, 100 warm-up steps, then cosine
+#: decay to 0.1·lr over the trainer's total steps.
+GENERATOR_OPTIMIZER = OptimizerConfig(
+    learning_rate=3e-4,
+    betas=(0.9, 0.97),
+    weight_decay=0.05,
+    warmup_steps=100,
+    lr_schedule="cosine",
+    decay_steps=None,
+    min_lr_ratio=0.1,
+)
 
 DEFAULT_VAL_PROMPTS = [
     "grinning face",
@@ -66,7 +82,7 @@ def transformer_config_to_dict(config: TransformerConfig) -> dict[str, Any]:
     return out
 
 
-class GeneratorModule(pl.LightningModule):
+class GeneratorModule(FrozenStages, pl.LightningModule):
     """Trains a ``BitwiseTransformer`` on a frozen tokenizer's bits with BSC and CFG dropout.
 
     Args:
@@ -82,15 +98,10 @@ class GeneratorModule(pl.LightningModule):
         max_flip_prob: BSC p_max in [0, 1], a multiple of 0.01 (reference 0.3; 0 = plain teacher forcing).
         bsc_requantize: True: BSC re-quantises the targets (the method); False: the "flip without
             re-quantisation" ablation.
-        learning_rate: peak AdamW learning rate.
-        betas: AdamW betas.
-        weight_decay: AdamW weight decay on matrices (not on biases, norms, embeddings' 1-D parameters).
-        warmup_steps: linear warm-up from 0, in optimiser steps.
-        lr_schedule: after warm-up, ``cosine`` decay to ``min_lr_ratio``·peak at ``decay_steps``, or
-            ``constant``.
-        decay_steps: end of the cosine decay in optimiser steps; default: the trainer's total steps
-            (``max_steps`` or epochs × batches).
-        min_lr_ratio: final learning rate / peak for the cosine schedule.
+        optimizer: AdamW and learning-rate schedule (``OptimizerConfig``; a mapping of its fields is
+            accepted too, missing ones taken from ``GENERATOR_OPTIMIZER``); its ``weight_decay`` applies to
+            matrices only (not to biases, norms or other 1-D parameters). The cosine horizon is
+            ``decay_steps`` or the trainer's total steps (``max_steps`` or epochs × batches).
         val_prompts: prompts of the sample grid logged at each validation (empty = no grid).
         val_cfg: guidance scale of that grid.
         val_tau: temperature of that grid.
@@ -98,9 +109,13 @@ class GeneratorModule(pl.LightningModule):
         val_seed: seed of that grid (image i uses val_seed + i).
 
     Raises:
-        ValueError: bad probabilities or sizes; a transformer config that conflicts with the tokenizer.
+        ValueError: bad probabilities or sizes; an invalid ``optimizer`` (see ``OptimizerConfig``); a
+            transformer config that conflicts with the tokenizer.
         FileNotFoundError: no tokenizer checkpoint at the path.
     """
+
+    #: Frozen and saved by reference (``tokenizer_checkpoint``; ``text_encoder`` + ``text_encoder_path``).
+    frozen_stages = ("tokenizer", "text_encoder")
 
     def __init__(
         self,
@@ -114,13 +129,7 @@ class GeneratorModule(pl.LightningModule):
         cfg_dropout: float = 0.1,
         max_flip_prob: float = 0.3,
         bsc_requantize: bool = True,
-        learning_rate: float = 3e-4,
-        betas: tuple[float, float] = (0.9, 0.97),
-        weight_decay: float = 0.05,
-        warmup_steps: int = 100,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        decay_steps: int | None = None,
-        min_lr_ratio: float = 0.1,
+        optimizer: OptimizerConfig = GENERATOR_OPTIMIZER,
         val_prompts: list[str] | None = None,
         val_cfg: float = 4.0,
         val_tau: float = 1.0,
@@ -132,16 +141,9 @@ class GeneratorModule(pl.LightningModule):
             transformer = TransformerConfig()
         elif isinstance(transformer, Mapping):
             transformer = TransformerConfig(**dict(transformer))
+        optimizer = OptimizerConfig.coerce(optimizer, GENERATOR_OPTIMIZER)
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-        if warmup_steps < 0 or (decay_steps is not None and decay_steps < 1):
-            raise ValueError(
-                f"warmup_steps must be >= 0 and decay_steps >= 1, got {warmup_steps}, {decay_steps}"
-            )
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         if val_prompts is None:
             val_prompts = list(DEFAULT_VAL_PROMPTS)
 
@@ -155,83 +157,31 @@ class GeneratorModule(pl.LightningModule):
         )
         self.transformer = BitwiseTransformer(config)
         self.bsc = BitwiseSelfCorrection(self.tokenizer.quantizer, max_flip_prob, requantize=bsc_requantize)
-        self._freeze()
+        self.freeze_stages()
 
-        self.save_hyperparameters(ignore=["transformer"])
+        self.save_hyperparameters(ignore=["transformer", "optimizer"])
         # Plain types, so that checkpoints load with weights_only=True.
         self.hparams["transformer"] = transformer_config_to_dict(config)
+        self.hparams["optimizer"] = optimizer.to_dict()
         self.hparams["val_prompts"] = list(val_prompts)
-
-    # ------------------------------------------------------------------ frozen stages
-    def _freeze(self) -> None:
-        for name in FROZEN:
-            getattr(self, name).eval().requires_grad_(False)
-
-    def on_train_epoch_start(self) -> None:
-        # Lightning puts the whole module in train mode when fitting starts; the frozen stages stay in eval
-        # (BERT's dropout would otherwise make the text features random).
-        self._freeze()
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """The trainable state only: the frozen tokenizer and text encoder are saved by reference."""
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        frozen = tuple(f"{prefix}{name}." for name in FROZEN)
-        for key in [k for k in state if k.startswith(frozen)]:
-            del state[key]
-        return state
-
-    def _frozen_state(self) -> dict[str, Tensor]:
-        out = {}
-        for name in FROZEN:
-            out.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
-        return out
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """Load the trainable state; the frozen stages keep the weights they were loaded with."""
-        state = dict(state_dict)
-        for k, v in self._frozen_state().items():
-            state.setdefault(k, v)
-        return super().load_state_dict(state, strict=strict, assign=assign)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Loaders that bypass ``load_state_dict`` (the EMA callback's averaged copy) need the frozen weights.
-        frozen = self._frozen_state()
-        for key in ("state_dict", "current_model_state"):
-            if key in checkpoint:
-                for k, v in frozen.items():
-                    checkpoint[key].setdefault(k, v)
+        self.optimizer_config = optimizer
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        """AdamW over the transformer (weight decay on matrices only) with the ``optimizer`` schedule,
+        stepped per batch.
+
+        Raises:
+            ValueError: a cosine schedule with neither ``optimizer.decay_steps`` nor a finite trainer horizon.
+        """
+        opt = self.optimizer_config
         decay, no_decay = [], []
         for p in self.transformer.parameters():
             (decay if p.ndim >= 2 else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-            betas=tuple(hp.betas),
+        optimizer = opt.adamw(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         )
-        warmup = hp.warmup_steps
-        total = hp.decay_steps
-        if hp.lr_schedule == "cosine" and total is None:
-            estimated = self.trainer.estimated_stepping_batches
-            if not math.isfinite(estimated):
-                raise ValueError(
-                    "the cosine schedule needs a horizon: set model.decay_steps, or trainer.max_steps / max_epochs"
-                )
-            total = int(estimated)
-
-        def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            if hp.lr_schedule == "constant":
-                return 1.0
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = opt.scheduler(optimizer, opt.horizon(self._trainer))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ steps

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infinity_lit.checkpoints import load_file
+
 # ---------------------------------------------------------------------------------------- GAN
 
 
@@ -176,8 +178,9 @@ class LPIPS(nn.Module):
 
         Raises:
             FileNotFoundError: a given path does not exist.
-            ValueError: the file lacks the linear layers, or the backbone weights are missing from both
-                files, or the shapes do not match VGG16-LPIPS.
+            ValueError: a truncated or corrupt file (``infinity_lit.checkpoints.CheckpointError``), a file
+                without the linear layers, backbone weights missing from both files, or shapes that do not
+                match VGG16-LPIPS.
         """
         model = cls()
         state = dict(_load_state(path, "LPIPS weights"))
@@ -211,13 +214,11 @@ class LPIPS(nn.Module):
 
 
 def _load_state(path: str | Path, what: str) -> dict[str, Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what}: no file at {str(path)!r}; give the path of a local state dict (nothing is downloaded), "
-            "or leave the path unset to train without the perceptual loss"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    hint = (
+        "give the path of a local state dict (nothing is downloaded), or leave the path unset to train "
+        "without the perceptual loss"
+    )
+    state = load_file(path, what, missing_hint=hint)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

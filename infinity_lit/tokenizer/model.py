@@ -14,7 +14,6 @@ checkpoint without importing Lightning.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from infinity_lit.checkpoints import TOKENIZER, read_checkpoint
 from infinity_lit.quantizer import MultiScaleBSQ, MultiScaleOutput, ScaleSchedule, validate_schedule
 
 from .networks import Decoder, Encoder, stride_of
@@ -309,26 +309,20 @@ class BitwiseTokenizer(nn.Module):
 
 # ---------------------------------------------------------------------------------------- checkpoints
 
-_SAFE_CHECKPOINT_GLOBALS = [
-    pathlib.PosixPath,
-    pathlib.WindowsPath,
-    pathlib.PurePosixPath,
-    pathlib.PureWindowsPath,
-]
-
 
 def load_tokenizer(
     path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True
 ) -> BitwiseTokenizer:
     """Rebuild a frozen ``BitwiseTokenizer`` from a ``TokenizerModule`` Lightning checkpoint.
 
-    Reads the checkpoint's ``hyper_parameters["tokenizer"]`` (the ``TokenizerConfig`` as a dict) and the
-    ``tokenizer.*`` entries of its ``state_dict``. When the run used Lightning's ``EMAWeightAveraging``
-    callback, ``state_dict`` holds the averaged (EMA) weights and ``current_model_state`` the raw ones;
-    ``use_ema=False`` picks the raw ones. Lightning is not imported.
+    Reads the checkpoint (``infinity_lit.checkpoints``: weights-only) for its ``hyper_parameters["tokenizer"]``
+    (the ``TokenizerConfig`` as a dict) and the ``tokenizer.*`` entries of its weights. When the run used
+    Lightning's ``EMAWeightAveraging`` callback, ``state_dict`` holds the averaged (EMA) weights and
+    ``current_model_state`` the raw ones; ``use_ema=False`` picks the raw ones. Lightning is not imported.
 
     Args:
-        path: a ``.ckpt`` written by ``infinity-lit tokenizer fit`` (e.g. ``runs/tokenizer/…/last.ckpt``).
+        path: a ``.ckpt`` written by ``infinity-lit tokenizer fit``, or its run folder (which stands for
+            ``checkpoints/last.ckpt``).
         map_location: device for the weights.
         use_ema: prefer the EMA weights when the checkpoint has both.
 
@@ -336,35 +330,13 @@ def load_tokenizer(
         the tokenizer in eval mode with ``requires_grad`` False on every parameter.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a tokenizer checkpoint (no tokenizer hyper-parameters / weights).
+        FileNotFoundError: no file at ``path`` (or a run folder without ``checkpoints/last.ckpt``).
+        ValueError: (``infinity_lit.checkpoints.CheckpointError``) a truncated or corrupt file, or not a
+            tokenizer checkpoint (no tokenizer hyper-parameters / weights).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no tokenizer checkpoint at {str(path)!r}; pass the .ckpt written by 'infinity-lit tokenizer fit' "
-            "(e.g. runs/tokenizer/<name>/version_<n>/checkpoints/last.ckpt)"
-        )
-    try:
-        # Data modules may store paths among their hyper-parameters; they are plain data.
-        with torch.serialization.safe_globals(_SAFE_CHECKPOINT_GLOBALS):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint: {err}") from err
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
-    if not isinstance(hparams, Mapping) or not isinstance(hparams.get("tokenizer"), Mapping):
-        raise ValueError(
-            f"{str(path)!r} is not a tokenizer checkpoint: it has no 'tokenizer' hyper-parameters; pass a "
-            "checkpoint written by 'infinity-lit tokenizer fit' (a TokenizerModule)"
-        )
-    state = ckpt.get("state_dict", {})
-    if not use_ema and "current_model_state" in ckpt:
-        state = ckpt["current_model_state"]
-    prefix = "tokenizer."
-    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not weights:
-        raise ValueError(f"{str(path)!r} has tokenizer hyper-parameters but no 'tokenizer.*' weights")
-    tokenizer = BitwiseTokenizer(TokenizerConfig.from_dict(hparams["tokenizer"]))
+    ckpt = read_checkpoint(path, TOKENIZER)
+    weights = ckpt.weights(use_ema=use_ema)
+    tokenizer = BitwiseTokenizer(TokenizerConfig.from_dict(ckpt.hyper_parameters["tokenizer"]))
     tokenizer.load_state_dict(weights)
     tokenizer.to(map_location).eval().requires_grad_(False)
     return tokenizer

@@ -10,6 +10,13 @@ the hinge loss plus ``lecam_weight``·LeCam; both the adversarial term and the d
 start at ``disc_start_step`` (counted in training batches). Optimisation is Lightning 2 manual
 optimisation (the pattern of Lightning's GAN example); with ``gan_weight: 0`` no discriminator is built.
 
+Optimiser: AdamW with the warm-up + cosine / constant schedule of ``model.optimizer``
+(``infinity_lit.training.OptimizerConfig``; defaults ``TOKENIZER_OPTIMIZER``), stepped once per training
+batch; the discriminator's optimiser shares it except for ``disc_learning_rate``.
+
+The frozen LPIPS network is a frozen stage (``infinity_lit.training.FrozenStages``): saved by reference
+(``lpips_weights``), never in the checkpoint.
+
 EMA weights: add Lightning's ``EMAWeightAveraging`` callback (with ``use_buffers: false``); the checkpoint's
 ``state_dict`` then holds the averaged weights, which ``load_tokenizer`` reads.
 
@@ -24,10 +31,8 @@ originals (top row) and reconstructions from 1, 2, …, K scales (rows below).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -35,6 +40,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from infinity_lit.metrics.reconstruction import psnr, ssim
+from infinity_lit.training.frozen import FrozenStages
+from infinity_lit.training.optim import OptimizerConfig
 
 from .discriminator import NormKind, PatchDiscriminator
 from .losses import LPIPS, LeCamEMA, hinge_d_loss, hinge_g_loss
@@ -42,8 +49,19 @@ from .model import BitwiseTokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
 
+#: The tokenizer's default optimiser: AdamW (0.5, 0.9), no weight decay, constant learning rate.
+TOKENIZER_OPTIMIZER = OptimizerConfig(
+    learning_rate=1e-4,
+    betas=(0.5, 0.9),
+    weight_decay=0.0,
+    warmup_steps=0,
+    lr_schedule="constant",
+    decay_steps=None,
+    min_lr_ratio=0.1,
+)
 
-class TokenizerModule(pl.LightningModule):
+
+class TokenizerModule(FrozenStages, pl.LightningModule):
     """Trains a ``BitwiseTokenizer`` with L1 (+ LPIPS) (+ PatchGAN hinge / LeCam) + commitment + entropy.
 
     Args:
@@ -62,20 +80,20 @@ class TokenizerModule(pl.LightningModule):
         disc_base_channels: PatchGAN width.
         disc_num_layers: PatchGAN stride-2 layers.
         disc_norm: PatchGAN normalisation ("group", "batch", "none").
-        learning_rate: AdamW learning rate of the tokenizer.
+        optimizer: AdamW and learning-rate schedule of both optimisers (``OptimizerConfig``; a mapping of
+            its fields is accepted too, missing ones taken from ``TOKENIZER_OPTIMIZER``); its
+            ``learning_rate`` is the tokenizer's, its ``weight_decay`` applies to every parameter. The
+            cosine horizon is ``decay_steps`` or the trainer's total steps.
         disc_learning_rate: AdamW learning rate of the discriminator.
-        betas: AdamW betas of both optimisers.
-        weight_decay: AdamW weight decay of both optimisers.
-        warmup_steps: linear learning-rate warm-up, in training batches (0 = none).
-        lr_schedule: after the warm-up, "constant" or "cosine" decay to ``min_lr_ratio``·lr at
-            ``trainer.max_steps`` (which cosine requires).
-        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the initial one.
         grad_clip_norm: clip the global gradient norm of each optimiser to this value (None = no clipping).
         num_log_images: images in the validation / test reconstruction grid (0 = no grid).
 
     Raises:
-        ValueError: negative weights or sizes.
+        ValueError: negative weights or sizes, or an invalid ``optimizer`` (see ``OptimizerConfig``).
     """
+
+    #: Frozen and saved by reference (``lpips_weights``); None when the perceptual loss is off.
+    frozen_stages = ("perceptual",)
 
     def __init__(
         self,
@@ -91,13 +109,8 @@ class TokenizerModule(pl.LightningModule):
         disc_base_channels: int = 64,
         disc_num_layers: int = 3,
         disc_norm: NormKind = "group",
-        learning_rate: float = 1e-4,
+        optimizer: OptimizerConfig = TOKENIZER_OPTIMIZER,
         disc_learning_rate: float = 1e-4,
-        betas: tuple[float, float] = (0.5, 0.9),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
-        min_lr_ratio: float = 0.1,
         grad_clip_norm: float | None = None,
         num_log_images: int = 8,
     ) -> None:
@@ -106,22 +119,22 @@ class TokenizerModule(pl.LightningModule):
             tokenizer = TokenizerConfig()
         elif isinstance(tokenizer, Mapping):
             tokenizer = TokenizerConfig.from_dict(tokenizer)
+        optimizer = OptimizerConfig.coerce(optimizer, TOKENIZER_OPTIMIZER)
         for name, value in (
             ("l1_weight", l1_weight),
             ("perceptual_weight", perceptual_weight),
             ("gan_weight", gan_weight),
             ("lecam_weight", lecam_weight),
             ("disc_start_step", disc_start_step),
-            ("warmup_steps", warmup_steps),
             ("num_log_images", num_log_images),
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-        self.save_hyperparameters(ignore=["tokenizer"])
-        # The config is stored as plain types so that checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["tokenizer", "optimizer"])
+        # The configs are stored as plain types so that checkpoints load with weights_only=True.
         self.hparams["tokenizer"] = tokenizer.to_dict()
+        self.hparams["optimizer"] = optimizer.to_dict()
+        self.optimizer_config = optimizer
         self.automatic_optimization = False
 
         self.tokenizer = BitwiseTokenizer(tokenizer)
@@ -139,6 +152,7 @@ class TokenizerModule(pl.LightningModule):
                 "perceptual_weight to 0 to silence this message",
                 perceptual_weight,
             )
+        self.freeze_stages()
         self._reset_eval_stats()
 
     # ------------------------------------------------------------------ set-up
@@ -176,33 +190,19 @@ class TokenizerModule(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        gen = torch.optim.AdamW(
-            self.tokenizer.parameters(),
-            lr=hp.learning_rate,
-            betas=tuple(hp.betas),
-            weight_decay=hp.weight_decay,
-        )
-        optimizers = [gen]
+        """AdamW for the tokenizer (and the discriminator), each with the ``optimizer`` schedule.
+
+        Raises:
+            ValueError: a cosine schedule with neither ``optimizer.decay_steps`` nor a finite trainer horizon.
+        """
+        opt = self.optimizer_config
+        optimizers = [opt.adamw(self.tokenizer.parameters())]
         if self.discriminator is not None:
             optimizers.append(
-                torch.optim.AdamW(
-                    self.discriminator.parameters(),
-                    lr=hp.disc_learning_rate,
-                    betas=tuple(hp.betas),
-                    weight_decay=hp.weight_decay,
-                )
+                opt.adamw(self.discriminator.parameters(), learning_rate=self.hparams.disc_learning_rate)
             )
-        warmup, total = hp.warmup_steps, None
-        if hp.lr_schedule == "cosine":
-            total = self.trainer.max_steps if self._trainer is not None else -1
-            if total is None or total <= 0:
-                raise ValueError("lr_schedule 'cosine' decays over trainer.max_steps; set trainer.max_steps")
-        schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, warmup, total, hp.min_lr_ratio))
-            for opt in optimizers
-        ]
-        return optimizers, schedulers
+        total = opt.horizon(self._trainer)
+        return optimizers, [opt.scheduler(o, total) for o in optimizers]
 
     # ------------------------------------------------------------------ training
     def _gan_active(self) -> bool:
@@ -396,32 +396,6 @@ class TokenizerModule(pl.LightningModule):
         n = min(self.hparams.num_log_images, images.shape[0])
         grid = reconstruction_grid(images[:n], [r[:n] for r in progressive])
         experiment.add_image(f"{stage}/reconstructions", grid, self.global_step)
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The frozen LPIPS network is saved by reference (its path in the hyper-parameters), not by value.
-        for key in ("state_dict", "current_model_state"):
-            if key in checkpoint:
-                checkpoint[key] = {
-                    k: v for k, v in checkpoint[key].items() if not k.startswith("perceptual.")
-                }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.perceptual is not None:
-            own = {f"perceptual.{k}": v for k, v in self.perceptual.state_dict().items()}
-            for key in ("state_dict", "current_model_state"):
-                if key in checkpoint:
-                    checkpoint[key].update(own)
-
-
-def _lr_factor(warmup: int, total: int | None, min_ratio: float, step: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then constant (total None) or cosine."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if total is None:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _no_closure() -> None:

@@ -1,10 +1,27 @@
-"""Lightning glue shared by both LightningModules: the LightningCLI set-up and callbacks.
+"""Lightning glue shared by both LightningModules: the LightningCLI set-up, callbacks, the optimiser and
+learning-rate schedule, and frozen stages.
 
 lightning_cli   RunCLI, run_cli (one LightningCLI for ``infinity-lit tokenizer`` and ``generator``)
 callbacks       HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
+optim           OptimizerConfig (``model.optimizer``: AdamW + schedule settings of both modules)
+schedules       lr_factor, warmup_cosine (the one warm-up + cosine / constant learning-rate factor)
+frozen          FrozenStages (frozen sub-modules: eval, no gradients, saved by reference)
 """
 
 from .callbacks import HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
+from .frozen import FrozenStages
 from .lightning_cli import RunCLI, run_cli
+from .optim import OptimizerConfig
+from .schedules import lr_factor, warmup_cosine
 
-__all__ = ["HParamsWithFinalMetrics", "RunCLI", "log_hparams_with_metrics", "numeric_metrics", "run_cli"]
+__all__ = [
+    "FrozenStages",
+    "HParamsWithFinalMetrics",
+    "OptimizerConfig",
+    "RunCLI",
+    "log_hparams_with_metrics",
+    "lr_factor",
+    "numeric_metrics",
+    "run_cli",
+    "warmup_cosine",
+]

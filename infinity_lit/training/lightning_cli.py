@@ -2,28 +2,138 @@
 
 Both are LightningCLI over one LightningModule and any LightningDataModule (``data: class_path: …``),
 with an always-on ``ModelCheckpoint`` (``--checkpoint.*``, keeping ``last.ckpt``, written atomically by
-Lightning), a TensorBoard logger under ``runs/<model>/<name>/version_<n>/`` by default (no ``hp_metric``
-placeholder) and ``HParamsWithFinalMetrics``, so TensorBoard's HParams tab lists every run of a parent
-log folder with its hyper-parameters and final metrics; seed 0 by default; attribute docstrings in
-``--help`` / ``--print_config``.
+Lightning), a TensorBoard logger (no ``hp_metric`` placeholder) and ``HParamsWithFinalMetrics``, so
+TensorBoard's HParams tab lists every run of a parent log folder with its hyper-parameters and final
+metrics; seed 0 by default; attribute docstrings in ``--help`` / ``--print_config``.
+
+Where a run goes is ``infinity_lit.runs``: ``fit`` writes ``runs/<model>/<run_name>/`` (no version level;
+``run_name`` is a top-level recipe key, default the stem of the first ``--config`` file), ``validate`` /
+``test`` log into its ``validate/`` / ``test/`` sub-folder. A ``fit`` into a run folder that already
+holds checkpoints is refused unless ``--ckpt_path`` resumes from one of them; ``--ckpt_path`` also takes
+a run folder (its ``checkpoints/last.ckpt``). An explicit ``trainer.logger`` ``save_dir`` / ``name`` /
+``version`` (as the study stages give) takes precedence over ``run_name``.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from infinity_lit import runs
+
 from .callbacks import HParamsWithFinalMetrics
 
 
+def _config_files(*configs: Namespace) -> list[str]:
+    """The ``--config`` files of the parsed configs, in the order they were given."""
+    files: list[str] = []
+    for config in configs:
+        for path in config.get("config") or []:
+            files.append(os.fspath(path) if isinstance(path, os.PathLike) else str(path))
+    return files
+
+
+def _loggers(config: Namespace) -> list[Any]:
+    loggers = config.get("trainer.logger")
+    return list(loggers) if isinstance(loggers, list) else [loggers]
+
+
+def _logger_args(logger: Any) -> Namespace | None:
+    """The ``init_args`` of a logger given as ``class_path`` + ``init_args`` (else None)."""
+    if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+        return logger.init_args
+    return None
+
+
+def configure_run(config: Namespace, subcommand: str | None, top: Namespace | None = None) -> Path | None:
+    """Put the parsed run ``config`` of ``subcommand`` into the layout of ``infinity_lit.runs``.
+
+    A logger whose ``name`` is unset is named by ``run_name`` (default: the stem of the first config
+    file); ``validate`` / ``test`` with a fixed logger folder log into its ``<subcommand>/`` sub-folder, so
+    they never replace the fit's ``config.yaml`` / ``hparams.yaml``. For ``fit``, the run's checkpoint folder
+    is checked by ``runs.check_new_run``.
+
+    Returns:
+        the checkpoint folder of a ``fit`` (None when the logger picks a fresh versioned folder itself).
+
+    Raises:
+        runs.RunExistsError: ``fit`` into a run folder holding checkpoints, without resuming from one.
+        ValueError: a ``run_name`` that cannot name a folder.
+    """
+    explicit = config.get(runs.RUN_NAME_KEY)
+    name = runs.check_run_name(
+        explicit
+        if explicit is not None
+        else runs.default_run_name(_config_files(*filter(None, (top, config))))
+    )
+    config[runs.RUN_NAME_KEY] = name
+    loggers = _loggers(config)
+    named = False
+    for logger in loggers:
+        args = _logger_args(logger)
+        if args is None:
+            continue
+        if "name" in args and args.name is None:
+            args.name = name
+            named = True
+        if (
+            subcommand not in (None, "fit")
+            and "sub_dir" in args
+            and args.sub_dir is None
+            and isinstance(args.get("version"), str)
+        ):
+            args.sub_dir = subcommand
+    if subcommand != "fit":
+        return None
+
+    first = loggers[0]
+    dirpath = config.get("checkpoint.dirpath")
+    if dirpath is not None:
+        checkpoints, hint = Path(dirpath), "--checkpoint.dirpath"
+    elif (args := _logger_args(first)) is not None:
+        folder = runs.logger_run_dir(
+            args.get("save_dir") or config.get("trainer.default_root_dir") or os.getcwd(),
+            args.get("name"),
+            args.get("version"),
+        )
+        if folder is None:
+            return None  # an auto-incremented version_<n>: a fresh folder
+        checkpoints = runs.checkpoint_dir(folder)
+        hint = (
+            f"--{runs.RUN_NAME_KEY}"
+            if named
+            else "--trainer.logger.init_args.version"
+            if args.get("version")
+            else "--trainer.logger.init_args.name"
+        )
+    elif first is False:
+        checkpoints = runs.checkpoint_dir(config.get("trainer.default_root_dir") or os.getcwd())
+        hint = "--trainer.default_root_dir"
+    else:
+        return None  # Lightning's own default logger: a fresh version_<n>
+    runs.check_new_run(checkpoints, config.get("ckpt_path"), hint)
+    return checkpoints
+
+
+def _user_error(message: str) -> None:
+    """Stop with ``message`` on one line of stderr and exit status 2, as for a bad option (no traceback:
+    nothing has been built or written yet)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class RunCLI(LightningCLI):
-    """LightningCLI with an always-on ``ModelCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``."""
+    """LightningCLI with an always-on ``ModelCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``, a
+    top-level ``run_name`` and the run-folder layout of ``infinity_lit.runs``."""
 
     #: Subcommands offered (None: all of LightningCLI's).
     allowed_subcommands: tuple[str, ...] | None = None
@@ -38,6 +148,35 @@ class RunCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_argument(
+            f"--{runs.RUN_NAME_KEY}",
+            type=str | None,
+            default=None,
+            help="Name of the run folder: fit writes runs/<model>/<run_name>/ (default: the stem of the first "
+            "--config file, else 'default'). An explicit trainer.logger name takes precedence.",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # A run folder as --ckpt_path stands for its checkpoints/last.ckpt (resolved before LightningCLI
+        # reads the checkpoint's hyper-parameters).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if ckpt_path is not None and not runs.is_lightning_keyword(ckpt_path):
+            if Path(ckpt_path).is_dir():
+                try:
+                    config.ckpt_path = str(runs.resolve_checkpoint(ckpt_path))
+                except FileNotFoundError as err:
+                    _user_error(f"--ckpt_path: {err}")
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand
+        config = self.config[subcommand] if subcommand else self.config
+        try:
+            configure_run(config, subcommand, top=self.config if subcommand else None)
+        except (runs.RunExistsError, ValueError) as err:
+            _user_error(str(err))
 
 
 def run_cli(
@@ -52,9 +191,11 @@ def run_cli(
     Args:
         model_class: the LightningModule.
         argv: command-line arguments (default ``sys.argv[2:]`` semantics of LightningCLI).
-        runs_dir: default TensorBoard ``save_dir``.
+        runs_dir: default TensorBoard ``save_dir`` (``runs.model_runs_dir(model)``: runs are written to
+            ``runs_dir/<run_name>/``).
         subcommands: the subcommands offered (default: all).
-        **kwargs: further ``LightningCLI`` arguments.
+        **kwargs: further ``LightningCLI`` arguments (not ``auto_configure_optimizers``: the generic
+            ``--optimizer`` / ``--lr_scheduler`` are always off; the optimiser is ``--model.optimizer.*``).
 
     Returns:
         the CLI object (its ``trainer`` and ``model`` hold the run's state).
@@ -69,7 +210,13 @@ def run_cli(
     trainer_defaults = {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": runs_dir, "name": "default", "default_hp_metric": False},
+            # name None: named by run_name (RunCLI); version "": no version_<n> level.
+            "init_args": {
+                "save_dir": runs_dir,
+                "name": None,
+                "version": runs.RUN_VERSION,
+                "default_hp_metric": False,
+            },
         },
         # LightningCLI adds default callbacks to those of the config.
         "callbacks": [HParamsWithFinalMetrics()],
@@ -82,5 +229,8 @@ def run_cli(
         trainer_defaults=trainer_defaults,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # No generic --optimizer / --lr_scheduler: each module builds its own from model.optimizer
+        # (Lightning's would replace it, frozen stages and per-batch schedule included).
+        auto_configure_optimizers=False,
         **kwargs,
     )

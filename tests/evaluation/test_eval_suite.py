@@ -130,46 +130,11 @@ def test_read_prompts_formats(tmp_path):
         read_prompts(tmp_path / "empty.txt")
 
 
-def tiny_tokenizer_checkpoint(path: Path) -> Path:
-    from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
-
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(
-        codebook_dim=4,
-        scale_schedule=[(1, 1), (2, 2), (4, 4)],
-        base_channels=8,
-        channel_multipliers=[1, 1, 2, 2],
-        num_res_blocks=1,
-        num_groups=4,
-    )
-    tok = BitwiseTokenizer(cfg)
-    state = {f"tokenizer.{k}": v for k, v in tok.state_dict().items()}
-    torch.save({"hyper_parameters": {"tokenizer": cfg.to_dict()}, "state_dict": state}, path)
-    return path
-
-
-def test_eval_sample_with_tiny_generator(tmp_path):
-    from infinity_lit.generator.module import transformer_config_to_dict
-    from infinity_lit.generator.transformer import BitwiseTransformer, TransformerConfig
-    from infinity_lit.tokenizer import load_tokenizer
-
-    tok_path = tiny_tokenizer_checkpoint(tmp_path / "tok.ckpt")
-    tok = load_tokenizer(tok_path)
-    config = TransformerConfig.preset("tiny")
-    torch.manual_seed(1)
-    model = BitwiseTransformer(config.complete(tok.codebook_dim, tok.scale_schedule, 384))
-    hparams = {
-        "transformer": transformer_config_to_dict(config),
-        "tokenizer_checkpoint": str(tok_path),
-        "text_encoder": "minilm",
-        "text_max_length": 16,
-    }
-    state = {f"transformer.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"hyper_parameters": hparams, "state_dict": state}, tmp_path / "gen.ckpt")
+def test_eval_sample_with_tiny_generator(tmp_path, tiny_generator_ckpt):
     (tmp_path / "prompts.txt").write_text("a red apple\na smiling face\na cat\n", encoding="utf-8")
 
     out = tmp_path / "samples"
-    args = ["sample", "--checkpoint", str(tmp_path / "gen.ckpt"), "--prompts", str(tmp_path / "prompts.txt")]
+    args = ["sample", "--checkpoint", str(tiny_generator_ckpt), "--prompts", str(tmp_path / "prompts.txt")]
     args += ["--out", str(out), "--cfg", "2.0", "--seed", "5", "--batch_size", "2"]
     assert main(args) == {"written": 3, "skipped": 0, "total": 3}
     images = [read_image(p) for p in list_images(out)]
@@ -266,11 +231,11 @@ def test_eval_score_rejects_tiny_sets(tmp_path, inception_weights):
 # ------------------------------------------------------------------------------------------------ recon
 
 
-def test_eval_recon_on_openmoji(tmp_path, openmoji_shards, inception_weights):
+def test_eval_recon_on_openmoji(tmp_path, openmoji_shards, inception_weights, tiny_tokenizer_ckpt):
     from infinity_lit.data.shards import load_split
     from infinity_lit.tokenizer import load_tokenizer
 
-    ckpt = tiny_tokenizer_checkpoint(tmp_path / "tok.ckpt")
+    ckpt = tiny_tokenizer_ckpt
     out = tmp_path / "recon"
     args = ["recon", "--tokenizer", str(ckpt), "--data", str(openmoji_shards), "--out", str(out)]
     args += ["--max_images", "6", "--batch_size", "4", "--inception_weights", str(inception_weights)]
@@ -460,7 +425,3 @@ def test_eval_configs_parse(path):
         assert (cfg.sample.prompts is None) != (cfg.sample.captions_from is None)
         if cfg.sample.prompts is not None:
             assert len(read_prompts(Path(__file__).resolve().parents[2] / cfg.sample.prompts)) == 64
-
-
-def test_eval_configs_exist():
-    assert {p.parent.name for p in EVAL_CONFIGS} == {"sample", "score", "recon"}
