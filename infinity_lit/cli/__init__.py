@@ -6,6 +6,8 @@
     infinity-lit eval sample|score|recon|report    evaluation suite
     infinity-lit sample ...                        alias of 'eval sample'
     infinity-lit quickstart                        the whole method on OpenMoji, end to end
+    infinity-lit study run|status|report|check     studies over arms × seeds
+    infinity-lit study run|status|report|check     studies over arms × seeds
 
 This package is the top floor: argv only, one module per command group (``train``, ``data``, ``eval``,
 ``quickstart``), each calling library functions; nothing in the library imports it. A group is imported
@@ -35,6 +37,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "infinity_lit.cli.quickstart:main",
         "tokenizer + generator + evaluation on OpenMoji, end to end",
     ),
+    "study": ("infinity_lit.cli.study:main", "studies over arms × seeds: run, status, report, check"),
 }
 
 
@@ -45,12 +48,12 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> Any:
+def run(argv: list[str] | None = None) -> Any:
     """Dispatch ``argv`` (default ``sys.argv[1:]``) to the group's function; returns its result."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
-        return
+        return None
     group, rest = argv[0], argv[1:]
     if group not in GROUPS:
         print(f"infinity-lit: unknown group {group!r}\n\n{_usage()}", file=sys.stderr)
@@ -59,5 +62,7 @@ def main(argv: list[str] | None = None) -> Any:
     return getattr(importlib.import_module(module), function)(rest)
 
 
-if __name__ == "__main__":
-    main()
+def main(argv: list[str] | None = None) -> None:
+    """The ``infinity-lit`` console script: ``run`` without a return value (a group that fails exits with a
+    non-zero status itself)."""
+    run(argv)

@@ -22,15 +22,23 @@ def resolve(target: str | Callable) -> Callable:
 
 
 def function_parser(prog: str, fn: Callable, positional: tuple[str, ...] = ()):
-    """A jsonargparse parser for ``fn``: ``--config`` plus one option per parameter (``positional``: as
-    positional arguments taking one or more values)."""
+    """A jsonargparse parser for ``fn``: ``--config`` plus one option per parameter (``positional``: those
+    parameters as positional arguments; a name ending in "+" takes one or more values)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    names = []
     for name in positional:
-        parser.add_argument(name, nargs="+", help=f"{name.replace('_', ' ')} (one or more)")
-    parser.add_function_arguments(fn, skip=set(positional), as_group=False)
+        many = name.endswith("+")
+        name = name.rstrip("+")
+        names.append(name)
+        parser.add_argument(
+            name,
+            nargs="+" if many else None,
+            help=f"{name.replace('_', ' ')}" + (" (one or more)" if many else ""),
+        )
+    parser.add_function_arguments(fn, skip=set(names), as_group=False)
     return parser
 
 

@@ -31,7 +31,7 @@ COMMANDS = {
 
 
 #: Sub-commands whose first options are positional.
-POSITIONAL = {"report": ("run_dirs",)}
+POSITIONAL = {"report": ("run_dirs+",)}
 
 
 def build_parser():

@@ -153,7 +153,8 @@ def reconstruction_record(
     """Reconstruction quality of a tokenizer: PSNR, SSIM, per-scale PSNR and rFID → OUT/metrics.json.
 
     Args:
-        tokenizer: tokenizer checkpoint (.ckpt from 'infinity-lit tokenizer fit').
+        tokenizer: tokenizer checkpoint (.ckpt from 'infinity-lit tokenizer fit'), or its run folder
+            (``runs/tokenizer/<name>``: its checkpoints/last.ckpt).
         data: shard directory (or image folder) of the images to reconstruct.
         out: output folder (metrics.json).
         split: shard split.
@@ -176,11 +177,13 @@ def reconstruction_record(
     import json
 
     from infinity_lit.metrics.inception import inception_weights_path
+    from infinity_lit.runs import resolve_checkpoint
     from infinity_lit.tokenizer import load_tokenizer
 
     from .images import batched, open_image_set
     from .scoring import write_metrics_json
 
+    tokenizer = resolve_checkpoint(tokenizer)
     images = open_image_set(data, split=split, max_images=max_images)
     tok_stat = Path(tokenizer).stat()
     inputs = {
@@ -246,22 +249,6 @@ def reconstruction_record(
     write_metrics_json(record, path)
     record["path"] = str(path)
     return record
-
-
-def _resized(images, height: int, width: int, resize_center_crop):
-    import numpy as np
-    from PIL import Image
-
-    for _, im, _ in images.iter_items():
-        if tuple(im.shape[-2:]) != (height, width):
-            if height != width:
-                raise ValueError(
-                    f"images are {tuple(im.shape[-2:])} but the tokenizer expects {height}×{width}; "
-                    "build the data at the tokenizer's size"
-                )
-            pil = resize_center_crop(Image.fromarray(im.permute(1, 2, 0).numpy()), height)
-            im = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
-        yield im
 
 
 def _resized(images, height: int, width: int, resize_center_crop):

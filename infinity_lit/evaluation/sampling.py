@@ -177,7 +177,8 @@ def sample_checkpoint(
     """Sample images for prompts with a trained generator into a folder of PNGs + metadata.jsonl.
 
     Args:
-        checkpoint: generator checkpoint (.ckpt from 'infinity-lit generator fit').
+        checkpoint: generator checkpoint (.ckpt from 'infinity-lit generator fit'), or its run folder
+            (``runs/generator/<name>``: its checkpoints/last.ckpt).
         out: sample folder to write (resumed if it exists with the same settings).
         prompts: prompts file (.txt one per line, .jsonl with "prompt", or .json list).
         captions_from: instead of a prompts file, a shard directory whose captions are the prompts.
@@ -191,21 +192,27 @@ def sample_checkpoint(
         batch_size: images per sampling call (does not change the images).
         device: where the generator runs.
         use_ema: prefer EMA weights in the checkpoint.
-        tokenizer_checkpoint: override of the tokenizer path stored in the generator checkpoint.
+        tokenizer_checkpoint: override of the tokenizer path stored in the generator checkpoint (a .ckpt
+            or a run folder).
 
     Returns:
         {"written": n, "skipped": n already present, "total": number of prompts}.
 
     Raises:
         ValueError: neither or both of ``prompts`` / ``captions_from``, or a folder sampled with other settings.
+        FileNotFoundError: no checkpoint (or run folder with a ``checkpoints/last.ckpt``) at ``checkpoint``.
     """
     import torch
 
     from infinity_lit.generator.checkpoint import load_generator
     from infinity_lit.generator.sampling import sample as generate
+    from infinity_lit.runs import resolve_checkpoint
 
     if (prompts is None) == (captions_from is None):
         raise ValueError("give exactly one of --prompts FILE or --captions_from SHARD_DIR")
+    checkpoint = resolve_checkpoint(checkpoint)  # a run folder stands for its checkpoints/last.ckpt
+    if tokenizer_checkpoint is not None:
+        tokenizer_checkpoint = resolve_checkpoint(tokenizer_checkpoint)
     if prompts is not None:
         texts = read_prompts(prompts)
         source = str(prompts)

@@ -27,25 +27,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infinity_lit import runs
+from infinity_lit import recipes, runs
 from infinity_lit.evaluation.report import make_report
 from infinity_lit.evaluation.scoring import write_metrics_json
 
 from . import stages
 from .stages import log
 
-#: Folder of the YAML recipes (the quickstart runs from a source checkout).
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+#: The shipped recipes the quickstart trains with (names for ``recipes.recipe_path``).
+TOKENIZER_RECIPE = "tokenizer/openmoji64.yaml"
+GENERATOR_RECIPE = "generator/openmoji64.yaml"
 
 
 def _recipe(path: Path | None, default_name: str) -> Path:
-    recipe = Path(path) if path is not None else EXPERIMENTS / default_name
-    if not recipe.is_file():
-        raise FileNotFoundError(
-            f"recipe {str(recipe)!r} not found; run the quickstart from a source checkout of infinity-lit "
-            "(pip install -e .) or pass --tokenizer_config / --generator_config"
-        )
-    return recipe
+    """``path`` if given, else the shipped recipe ``default_name`` (found in the installed package)."""
+    if path is None:
+        return recipes.recipe_path(default_name)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"recipe {str(path)!r} not found")
+    return Path(path)
 
 
 def _evaluate(
@@ -114,8 +114,8 @@ def quickstart(
         data: a folder of your own images (searched recursively) instead of OpenMoji.
         captions: with ``data``: a JSON-lines file of {"image": path, "caption": text} (else sidecar .txt).
         resolution: image side in pixels (the recipes are sized for 64).
-        tokenizer_config: tokenizer recipe (default experiments/tokenizer/openmoji64.yaml).
-        generator_config: generator recipe (default experiments/generator/openmoji64.yaml).
+        tokenizer_config: tokenizer recipe (default: the shipped experiments/tokenizer/openmoji64.yaml).
+        generator_config: generator recipe (default: the shipped experiments/generator/openmoji64.yaml).
         tokenizer_max_time: override of the tokenizer's time budget, "DD:HH:MM:SS".
         generator_max_time: override of the generator's time budget, "DD:HH:MM:SS".
         tokenizer_max_steps: train the tokenizer for this many steps instead of a time budget.
@@ -159,7 +159,7 @@ def quickstart(
     tok_ckpt = stages.fit_once(
         "tokenizer",
         out,
-        recipe=_recipe(tokenizer_config, "tokenizer/openmoji64.yaml"),
+        recipe=_recipe(tokenizer_config, TOKENIZER_RECIPE),
         max_time=tokenizer_max_time,
         max_steps=tokenizer_max_steps,
         **fit_args,
@@ -169,7 +169,7 @@ def quickstart(
     gen_ckpt = stages.fit_once(
         "generator",
         out,
-        recipe=_recipe(generator_config, "generator/openmoji64.yaml"),
+        recipe=_recipe(generator_config, GENERATOR_RECIPE),
         max_time=generator_max_time,
         max_steps=generator_max_steps,
         overrides=["--model.tokenizer_checkpoint", str(tok_ckpt)],

@@ -9,10 +9,14 @@ functions); none builds argv for a command-line module. A finished stage leaves 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from infinity_lit import runs
+
+if TYPE_CHECKING:
+    from .spec import DataSettings, EvaluationSettings
 
 #: The two trainable models, by stage name.
 Model = Literal["tokenizer", "generator"]
@@ -23,15 +27,16 @@ def log(message: str, prefix: str = "quickstart") -> None:
     print(f"[{prefix}] {message}", flush=True)
 
 
-def _module_class(model: Model):
+def module_class(model: Model):
+    """The LightningModule class of ``model`` ("tokenizer" or "generator")."""
     if model == "tokenizer":
         from infinity_lit.tokenizer.module import TokenizerModule
 
-        return TokenizerModule, {"auto_configure_optimizers": False}
+        return TokenizerModule
     if model == "generator":
         from infinity_lit.generator.module import GeneratorModule
 
-        return GeneratorModule, {}
+        return GeneratorModule
     raise ValueError(f"model must be 'tokenizer' or 'generator', got {model!r}")
 
 
@@ -41,6 +46,7 @@ def fit(
     out: Path,
     data_dir: Path,
     resolution: int,
+    configs: Sequence[Path] = (),
     max_time: str | None = None,
     max_steps: int | None = None,
     overrides: list[str] | None = None,
@@ -50,6 +56,7 @@ def fit(
     Args:
         model: "tokenizer" or "generator".
         recipe: the LightningCLI YAML recipe.
+        configs: further YAML files stacked after the recipe (a study arm's deltas), in order.
         out: run folder; the stage writes ``OUT/<model>/``.
         data_dir: shard directory (``data.init_args.data_dir``).
         resolution: image side (``data.init_args.resolution``).
@@ -62,13 +69,14 @@ def fit(
     """
     from infinity_lit.training import run_cli
 
-    module_class, cli_kwargs = _module_class(model)
+    cls = module_class(model)
     stage_dir = out / model
     last = runs.last_checkpoint(stage_dir / runs.STAGE_RUN)
     args = [
         "fit",
         "--config",
         str(recipe),
+        *[arg for config in configs for arg in ("--config", str(config))],
         "--data.init_args.data_dir",
         str(data_dir),
         "--data.init_args.resolution",
@@ -84,12 +92,16 @@ def fit(
         log(f"{model}: resuming from {last}")
         args += ["--ckpt_path", str(last)]
     start = time.time()
-    run_cli(module_class, args, str(runs.model_runs_dir(model)), **cli_kwargs)
+    cli = run_cli(cls, args, str(runs.model_runs_dir(model)))
     if not last.is_file():
         raise RuntimeError(f"{model} training finished without writing {last}")
-    runs.mark_done(
-        stage_dir, {"checkpoint": str(last), "seconds": round(time.time() - start, 1), "args": args}
-    )
+    record = {
+        "checkpoint": str(last),
+        "global_step": int(cli.trainer.global_step),
+        "seconds": round(time.time() - start, 1),
+        "args": args,
+    }
+    runs.mark_done(stage_dir, record)
     return last
 
 
@@ -108,6 +120,7 @@ def untrained_twin(trained: Path, path: Path, seed: int) -> Path:
     (seeded by ``seed``): the FID baseline. Kept if it exists."""
     import torch
 
+    from infinity_lit.checkpoints import GENERATOR, write_checkpoint
     from infinity_lit.generator.checkpoint import load_generator
     from infinity_lit.generator.transformer import BitwiseTransformer
 
@@ -116,12 +129,7 @@ def untrained_twin(trained: Path, path: Path, seed: int) -> Path:
     loaded = load_generator(trained)
     torch.manual_seed(seed)
     model = BitwiseTransformer(loaded.model.config)
-    state = {f"transformer.{k}": v for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": state, "hyper_parameters": loaded.hparams}, tmp)
-    tmp.replace(path)
-    return path
+    return write_checkpoint(path, loaded.hparams, model.state_dict(), prefix=GENERATOR.prefix)
 
 
 def reconstruction(
@@ -169,4 +177,65 @@ def sample_and_score(
         max_reference=num_images,
         inception_weights=inception_weights,
         clip_weights=clip_weights,
+    )
+
+
+def prepare_data(folder: Path, data: DataSettings) -> Path:
+    """The shards of a study: ``data.dir`` as it is, or OpenMoji built once under ``folder``."""
+    if data.dir is not None:
+        from infinity_lit.data import read_manifest
+
+        read_manifest(data.dir)  # a clear error when the folder holds no shards
+        return Path(data.dir)
+    from infinity_lit.data import build_openmoji_shards
+
+    suffix = f"-{data.openmoji_limit}" if data.openmoji_limit is not None else ""
+    data_dir = folder / f"openmoji{data.resolution}{suffix}"
+    log(f"data: OpenMoji shards in {data_dir}", "study")
+    build_openmoji_shards(data_dir, data.resolution, limit=data.openmoji_limit)
+    return data_dir
+
+
+def write_deltas(folder: Path, deltas: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """Write config deltas as ``folder/delta_<i>.yaml`` (for ``fit(configs=...)``); returns their paths."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, delta in enumerate(deltas):
+        path = folder / f"delta_{i}.yaml"
+        runs.atomic_write_text(path, yaml.safe_dump(dict(delta), sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+def sample(checkpoint: Path, folder: Path, data_dir: Path, evaluation: EvaluationSettings) -> dict[str, int]:
+    """One sample per held-out caption of ``data_dir`` into ``folder`` with the study's settings."""
+    from infinity_lit.evaluation.sampling import sample_checkpoint
+
+    return sample_checkpoint(
+        checkpoint=checkpoint,
+        out=folder,
+        captions_from=data_dir,
+        split=evaluation.split,
+        num_images=evaluation.num_images,
+        seed=evaluation.seed,
+        cfg=evaluation.cfg,
+        tau=evaluation.tau,
+        top_p=evaluation.top_p,
+    )
+
+
+def score(samples: Path, folder: Path, data_dir: Path, evaluation: EvaluationSettings) -> dict:
+    """FID / KID / CLIP score of a sample folder against the held-out images → ``folder/metrics.json``."""
+    from infinity_lit.evaluation.scoring import score_folder
+
+    return score_folder(
+        generated=samples,
+        reference=data_dir,
+        out=folder / "metrics.json",
+        split=evaluation.split,
+        max_reference=evaluation.num_images,
+        inception_weights=evaluation.inception_weights,
+        clip_weights=evaluation.clip_weights,
     )

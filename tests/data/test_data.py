@@ -462,15 +462,6 @@ def test_datamodule_in_lightning_fit(openmoji_shards: Path, tmp_path: Path) -> N
     assert sorted(model.val_keys) == sorted(_val_keys(openmoji_shards) * 2)
 
 
-def test_import_does_not_load_lightning() -> None:
-    code = "import sys, infinity_lit.data, infinity_lit.cli.data; print('lightning' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
-
-
-# ---------------------------------------------------------------- folder builder
-
-
 def _thirds(size: tuple[int, int]) -> Image.Image:
     """Red | green | blue vertical thirds."""
     w, h = size

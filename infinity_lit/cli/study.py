@@ -1,0 +1,98 @@
+"""``infinity-lit study run|status|report|check``: studies over arms × seeds (``infinity_lit.studies``).
+
+    infinity-lit study check  experiments/studies/bit_flip_rate.yaml          validate the spec (and every delta)
+    infinity-lit study run    experiments/studies/bit_flip_rate.yaml [--out runs/studies/bit_flip_rate]
+                              [--launcher local|parallel|slurm] [--jobs N] [--threads T] [--slurm '{partition: gpu}']
+    infinity-lit study status runs/studies/bit_flip_rate                      done / running / failed, with times
+    infinity-lit study report runs/studies/bit_flip_rate                      rebuild the comparison page
+
+``run`` resumes: finished stages are skipped, interrupted fits resume from ``last.ckpt``, failed stages are
+retried. It exits with status 1 when an (arm, seed) failed (the others still ran; the report lists it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def check(spec: Path, deltas: bool = True) -> str:
+    """Validate a study spec: keys, arms, seeds, files, and (``deltas``) that every arm's config parses.
+
+    Args:
+        spec: the study YAML.
+        deltas: also parse every arm's stacked config with its stage's LightningCLI (a few seconds per arm).
+    """
+    from infinity_lit.studies.runner import plan
+    from infinity_lit.studies.spec import check_deltas, load_study
+
+    study = load_study(spec)
+    if deltas:
+        check_deltas(study)
+    tasks = plan(study)
+    unique = {t.key for t in tasks}
+    return (
+        f"{study.path}: study {study.name!r}, {len(study.arms)} arms × {len(study.seeds)} seeds, "
+        f"{len(tasks)} stages of which {len(unique)} run (the others are shared); spec OK"
+    )
+
+
+def status(out: Path) -> list[dict[str, Any]]:
+    """What is done, running, failed or pending in a study's output folder, with the stages' times.
+
+    Args:
+        out: the study output folder (``runs/studies/<name>``).
+    """
+    from infinity_lit.studies.runner import status as study_status
+
+    return study_status(out)
+
+
+def report(out: Path) -> tuple[Path, Path]:
+    """Rebuild the comparison page of a study's output folder from what has finished.
+
+    Args:
+        out: the study output folder (``runs/studies/<name>``).
+    """
+    from infinity_lit.studies.runner import write_report
+
+    return write_report(out)
+
+
+COMMANDS = {
+    "run": "infinity_lit.studies.runner:run_study",
+    "status": status,
+    "report": report,
+    "check": check,
+}
+POSITIONAL = {"run": ("spec",), "status": ("out",), "report": ("out",), "check": ("spec",)}
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Run ``infinity-lit study …`` on ``argv``; returns the sub-command's result (exit 1 if an arm failed)."""
+    from infinity_lit.studies.runner import format_status
+
+    from .common import run_function_group
+
+    name, _, result = run_function_group(
+        "infinity-lit study",
+        "Studies over arms × seeds: run, status, report, check.",
+        COMMANDS,
+        argv,
+        POSITIONAL,
+    )
+    if name == "check":
+        print(result)
+    elif name == "status":
+        print(format_status(result))
+    elif name == "report":
+        print(f"wrote {result[0]} and {result[1]}")
+    elif name == "run":
+        print(format_status(result["status"]))
+        if result["report"]:
+            print(f"report: {result['report'][0]}")
+        if result["failed"]:
+            print(f"{result['failed']} (arm, seed) failed; see the errors above", file=sys.stderr)
+            raise SystemExit(1)
+    return result

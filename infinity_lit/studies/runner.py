@@ -1,0 +1,564 @@
+"""The study runner: every (arm, seed) of a study through the stages, shared where equal, resumable.
+
+    OUT/                                   runs/studies/<study> by default
+      study.yaml                           the spec as run
+      data/                                the shards (built once)
+      stages.json                          stage key → the folder that computes it
+      <arm>/seed_<s>/tokenizer/            fit (TensorBoard run in run/, checkpoints in run/checkpoints/)
+      <arm>/seed_<s>/generator/            fit on that tokenizer
+      <arm>/seed_<s>/recon/                reconstruction metrics of the tokenizer (held-out split)
+      <arm>/seed_<s>/samples/              one sample per held-out caption (PNGs + metadata.jsonl)
+      <arm>/seed_<s>/score/                FID / KID / CLIP score of those samples (metrics.json)
+      report/                              the comparison (report.html, report.md)
+
+Each stage has a key (``spec.stage_key``: its stacked config, seed, data and upstream keys). The first
+(arm, seed) in spec order that needs a key computes it in its own folder; every other (arm, seed) with
+that key gets a symbolic link to that folder (e.g. the bit-flip arms share one tokenizer per seed). A
+finished stage leaves ``DONE.json``; a failed one ``FAILED.json`` with the error, and its downstream
+stages are marked failed too while the other (arm, seed) carry on. Running again skips finished stages,
+resumes interrupted fits from ``last.ckpt`` and retries failed ones.
+
+Stages run in waves (all tokenizer fits, then all generator fits, then the evaluations), so that the
+stages of one wave are independent and can run side by side: ``launcher="local"`` runs them one after
+the other in this process; ``"parallel"`` and ``"slurm"`` hand each stage to submitit (its local
+executor on this machine, SLURM on a cluster), which is also the path the tests exercise with
+``"submitit-local"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from infinity_lit import runs
+
+from .spec import TRAIN_STAGES, Arm, Study, load_study, resolved_spec, stage_key
+
+#: Stages of one (arm, seed), in order; each consumes the ones named in ``UPSTREAM``.
+STAGES = ("tokenizer", "generator", "recon", "samples", "score")
+UPSTREAM = {
+    "tokenizer": (),
+    "generator": ("tokenizer",),
+    "recon": ("tokenizer",),
+    "samples": ("generator",),
+    "score": ("samples",),
+}
+#: Default parent folder of study outputs.
+STUDIES_DIR = runs.RUNS_ROOT / "studies"
+FAILED = "FAILED.json"
+
+Launcher = Literal["local", "parallel", "slurm", "submitit-local"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One stage of one (arm, seed).
+
+    Attributes:
+        stage: one of ``STAGES``.
+        arm: the arm's name.
+        seed: the training seed.
+        key: the stage key (equal keys compute the same thing).
+        folder: this (arm, seed)'s folder of the stage, relative to the study output.
+        owner: the folder that computes the key (equal to ``folder`` for the first (arm, seed) needing it).
+        upstream: the tasks' folders this stage reads, by stage name (owner folders).
+    """
+
+    stage: str
+    arm: str
+    seed: int
+    key: str
+    folder: str
+    owner: str
+    upstream: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def shared(self) -> bool:
+        return self.folder != self.owner
+
+
+def run_folder(arm: str, seed: int) -> str:
+    """``<arm>/seed_<seed>`` (relative to the study output)."""
+    return f"{arm}/seed_{seed}"
+
+
+def plan(study: Study) -> list[Task]:
+    """Every stage of every (arm, seed), in spec order (seeds outer, arms inner), with keys and owners."""
+    eval_settings = asdict(study.evaluation)
+    owners: dict[str, str] = {}
+    tasks: list[Task] = []
+    for seed in study.seeds:
+        for arm in study.arms:
+            keys: dict[str, str] = {}
+            owner_of: dict[str, str] = {}
+            for stage in STAGES:
+                upstream_keys = [keys[u] for u in UPSTREAM[stage]]
+                if stage in TRAIN_STAGES:
+                    key = stage_key(study, arm, seed, stage, upstream_keys)
+                else:
+                    key = stage_key(
+                        study,
+                        _NO_DELTAS,
+                        0,
+                        f"{stage}:{json.dumps(eval_settings, sort_keys=True)}",
+                        upstream_keys,
+                    )
+                keys[stage] = key
+                folder = f"{run_folder(arm.name, seed)}/{stage}"
+                owner = owners.setdefault(key, folder)
+                owner_of[stage] = owner
+                tasks.append(
+                    Task(stage, arm.name, seed, key, folder, owner, {u: owner_of[u] for u in UPSTREAM[stage]})
+                )
+    return tasks
+
+
+#: An arm without deltas, for the evaluation stages' keys (they depend on their upstream keys only).
+_NO_DELTAS = Arm(name="-", value=None, deltas={})
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+def stage_state(out: Path, task: Task) -> dict[str, Any]:
+    """{"state": "done"|"failed"|"running"|"pending", ...the marker's record} of a task's owner folder."""
+    folder = out / task.owner
+    done = runs.read_done(folder)
+    if done is not None:
+        return {"state": "done", **done}
+    failed = folder / FAILED
+    if failed.is_file():
+        return {"state": "failed", **json.loads(failed.read_text(encoding="utf-8"))}
+    if (folder / "RUNNING").is_file():
+        return {"state": "running", "since": (folder / "RUNNING").read_text(encoding="utf-8").strip()}
+    return {"state": "pending"}
+
+
+def _link_shared(out: Path, task: Task) -> None:
+    link = out / task.folder
+    if not task.shared or link.exists() or link.is_symlink():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(out / task.owner, link.parent), target_is_directory=True)
+
+
+def _prepare(study: Study, out: Path, tasks: Sequence[Task]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(out / "study.yaml", yaml.safe_dump(resolved_spec(study), sort_keys=False))
+    registry = {t.key: {"stage": t.stage, "folder": t.owner} for t in tasks}
+    runs.atomic_write_text(out / "stages.json", json.dumps(registry, indent=2, sort_keys=True))
+    for task in tasks:
+        (out / task.owner).mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        _link_shared(out, task)
+
+
+# ------------------------------------------------------------------------------------------ one stage
+
+
+def upstream_failure(out: Path, task: Task) -> dict[str, Any] | None:
+    """When an upstream stage of ``task`` has not finished: mark ``task`` failed and return its state."""
+    for name, upstream in task.upstream.items():
+        if runs.read_done(out / upstream) is None:
+            record = {"stage": task.stage, "error": f"upstream stage {name} ({upstream}) did not finish"}
+            runs.atomic_write_text(out / task.owner / FAILED, json.dumps(record, indent=2))
+            return {"state": "failed", **record}
+    return None
+
+
+def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, Any]:
+    """Run one stage (in this process) unless it is done; writes ``DONE.json`` or ``FAILED.json``.
+
+    A module-level function of plain arguments, so that submitit can pickle it.
+
+    Returns:
+        the stage's state record (``stage_state``).
+    """
+    from . import stages
+
+    study = load_study(spec_path)
+    root = Path(out)
+    folder = root / task.owner
+    state = stage_state(root, task)
+    if state["state"] == "done":
+        return state
+    blocked = upstream_failure(root, task)
+    if blocked is not None:
+        return blocked
+    (folder / FAILED).unlink(missing_ok=True)
+    runs.atomic_write_text(folder / "RUNNING", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    arm = study.arm(task.arm)
+    ev = study.evaluation
+    start = time.time()
+    try:
+        if task.stage in TRAIN_STAGES:
+            overrides = ["--seed_everything", str(task.seed)]
+            if task.stage == "generator":
+                tokenizer = runs.last_checkpoint(root / task.upstream["tokenizer"] / runs.STAGE_RUN)
+                overrides += ["--model.tokenizer_checkpoint", str(tokenizer.resolve())]
+            stages.fit(
+                task.stage,
+                recipe=study.stages[task.stage].recipe,
+                configs=stages.write_deltas(folder / "config", study.stage_configs(arm, task.stage)),
+                out=folder.parent,
+                data_dir=Path(data_dir),
+                resolution=study.data.resolution,
+                overrides=overrides,
+            )
+        elif task.stage == "recon":
+            tokenizer = runs.last_checkpoint(root / task.upstream["tokenizer"] / runs.STAGE_RUN)
+            record = stages.reconstruction(
+                tokenizer, Path(data_dir), folder, ev.num_images, ev.inception_weights
+            )
+            runs.mark_done(folder, {"metrics": record["metrics"], "seconds": round(time.time() - start, 1)})
+        elif task.stage == "samples":
+            generator = runs.last_checkpoint(root / task.upstream["generator"] / runs.STAGE_RUN)
+            result = stages.sample(generator, folder, Path(data_dir), ev)
+            runs.mark_done(
+                folder, {**result, "checkpoint": str(generator), "seconds": round(time.time() - start, 1)}
+            )
+        elif task.stage == "score":
+            record = stages.score(root / task.upstream["samples"], folder, Path(data_dir), ev)
+            runs.mark_done(folder, {"metrics": record["metrics"], "seconds": round(time.time() - start, 1)})
+        else:  # pragma: no cover - STAGES is closed
+            raise ValueError(f"unknown stage {task.stage!r}")
+    except Exception as err:  # a failed stage is recorded; the study goes on with the others
+        record = {
+            "stage": task.stage,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+            "seconds": round(time.time() - start, 1),
+        }
+        runs.atomic_write_text(folder / FAILED, json.dumps(record, indent=2))
+        return {"state": "failed", **record}
+    finally:
+        (folder / "RUNNING").unlink(missing_ok=True)
+    return stage_state(root, task)
+
+
+# ------------------------------------------------------------------------------------------ launching
+
+
+def _owner_tasks(tasks: Sequence[Task]) -> list[Task]:
+    return [t for t in tasks if not t.shared]
+
+
+def _submitit_executor(out: Path, launcher: Launcher, threads: int | None, slurm: dict[str, Any] | None):
+    import submitit
+
+    cluster = {"parallel": "local", "submitit-local": "local", "slurm": "slurm"}[launcher]
+    executor = submitit.AutoExecutor(folder=out / "_submitit" / "%j", cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": 24 * 60, "name": f"study-{out.name}"}
+    if threads is not None:
+        params["cpus_per_task"] = threads
+    if launcher == "slurm":
+        params.update(
+            {f"slurm_{k}" if not k.startswith("slurm_") else k: v for k, v in (slurm or {}).items()}
+        )
+    executor.update_parameters(**params)
+    return executor
+
+
+def _run_wave(
+    wave: Sequence[Task],
+    run_one: Callable[[Task], dict[str, Any]],
+    submit: Callable[[Sequence[Task]], list[dict[str, Any]]] | None,
+    jobs: int,
+    report: Callable[[Task, dict[str, Any]], None],
+) -> None:
+    if submit is None:
+        for task in wave:
+            report(task, run_one(task))
+        return
+    for start in range(0, len(wave), jobs):
+        chunk = list(wave[start : start + jobs])
+        for task, state in zip(chunk, submit(chunk)):
+            report(task, state)
+
+
+def run_study(
+    spec: Path,
+    out: str | Path | None = None,
+    launcher: Launcher = "local",
+    jobs: int = 1,
+    threads: int | None = None,
+    slurm: dict[str, Any] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) every (arm, seed) of a study through every stage, then write the comparison.
+
+    Args:
+        spec: the study spec YAML.
+        out: output folder (default ``runs/studies/<study name>``).
+        launcher: "local" (one stage after the other, in this process), "parallel" (``jobs`` stages of a
+            wave at once, as local submitit jobs), "slurm" (one SLURM job per stage through submitit),
+            "submitit-local" (like "parallel" with ``jobs`` 1: the submitit path on one machine).
+        jobs: stages of one wave run at once (parallel / slurm).
+        threads: CPU threads per stage (``torch.set_num_threads``; also submitit's cpus_per_task);
+            default: torch's default (all cores) for "local", cores // jobs for "parallel".
+        slurm: submitit SLURM parameters, e.g. {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 600}.
+        report: write the comparison report at the end.
+
+    Returns:
+        {"out": folder, "status": ``status`` rows, "failed": number of failed (arm, seed), "report": paths}.
+
+    Raises:
+        StudyError: an invalid spec (before anything runs).
+    """
+    from . import stages
+
+    study = load_study(spec)
+    out = Path(out) if out is not None else STUDIES_DIR / study.name
+    tasks = plan(study)
+    data_dir = stages.prepare_data(out / "data", study.data)
+    _prepare(study, out, tasks)
+    if launcher == "parallel" and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    spec_path = str(Path(study.path).resolve())
+
+    def run_one(task: Task) -> dict[str, Any]:
+        return execute_with_threads(spec_path, str(out), task, str(data_dir), threads)
+
+    submit = None
+    if launcher != "local":
+        executor = _submitit_executor(out, launcher, threads, slurm)
+
+        def submit(chunk: Sequence[Task]) -> list[dict[str, Any]]:
+            jobs_ = [
+                executor.submit(execute_with_threads, spec_path, str(out), t, str(data_dir), threads)
+                for t in chunk
+            ]
+            results = []
+            for job, task in zip(jobs_, chunk):
+                try:
+                    results.append(job.result())
+                except Exception as err:  # the job itself died (killed, out of memory, ...)
+                    record = {"stage": task.stage, "error": f"job {job.job_id} failed: {err}"}
+                    runs.atomic_write_text(out / task.owner / FAILED, json.dumps(record, indent=2))
+                    results.append({"state": "failed", **record})
+            return results
+
+        if launcher == "submitit-local":
+            jobs = 1
+
+    owners = _owner_tasks(tasks)
+    total, finished = len(owners), [0]
+
+    def progress(task: Task, state: dict[str, Any]) -> None:
+        finished[0] += 1
+        note = f" ({state.get('error')})" if state["state"] == "failed" else ""
+        print(f"[study {study.name}] {finished[0]}/{total} {task.owner}: {state['state']}{note}", flush=True)
+
+    for stage in STAGES:
+        wave = [t for t in owners if t.stage == stage]
+        todo = [t for t in wave if stage_state(out, t)["state"] != "done"]
+        finished[0] += len(wave) - len(todo)
+        if todo:
+            print(
+                f"[study {study.name}] {stage}: {len(todo)} to run, {len(wave) - len(todo)} done", flush=True
+            )
+        runnable = []
+        for task in todo:  # a stage whose upstream failed is marked failed without starting a job
+            blocked = upstream_failure(out, task)
+            if blocked is None:
+                runnable.append(task)
+            else:
+                progress(task, blocked)
+        _run_wave(runnable, run_one, submit, max(1, jobs), progress)
+
+    rows = status(out, study)
+    result: dict[str, Any] = {
+        "out": str(out),
+        "status": rows,
+        "failed": sum(1 for r in rows if r["state"] == "failed"),
+        "report": None,
+    }
+    if report:
+        result["report"] = [str(p) for p in write_report(out, study)]
+    return result
+
+
+def execute_with_threads(
+    spec_path: str, out: str, task: Task, data_dir: str, threads: int | None
+) -> dict[str, Any]:
+    """``execute`` with ``torch.set_num_threads(threads)`` first (when given)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return execute(spec_path, out, task, data_dir)
+
+
+# ------------------------------------------------------------------------------------------ status
+
+
+def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
+    """One row per (arm, seed): its state (done / failed / running / pending, the worst of its stages),
+    the state and seconds of each stage, and the first error.
+
+    Args:
+        out: the study output folder.
+        study: the study (default: ``OUT/study.yaml``).
+    """
+    out = Path(out)
+    study = study if study is not None else load_study(out / "study.yaml")
+    order = {"failed": 3, "running": 2, "pending": 1, "done": 0}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for task in plan(study):
+        state = stage_state(out, task)
+        row = rows.setdefault(
+            (task.arm, task.seed),
+            {"arm": task.arm, "seed": task.seed, "state": "done", "stages": {}, "error": None},
+        )
+        row["stages"][task.stage] = {
+            "state": state["state"],
+            "seconds": state.get("seconds"),
+            "shared_with": task.owner if task.shared else None,
+        }
+        if order[state["state"]] > order[row["state"]]:
+            row["state"] = state["state"]
+        if state["state"] == "failed" and row["error"] is None:
+            row["error"] = f"{task.stage}: {state.get('error')}"
+    return list(rows.values())
+
+
+def format_status(rows: Sequence[dict[str, Any]]) -> str:
+    """``status`` rows as a text table."""
+    lines = [f"{'arm':<16} {'seed':>4}  {'state':<8} " + " ".join(f"{s:<10}" for s in STAGES)]
+    for row in rows:
+        cells = []
+        for stage in STAGES:
+            st = row["stages"][stage]
+            text = st["state"] + ("*" if st["shared_with"] else "")
+            if st["seconds"] is not None and st["state"] == "done" and not st["shared_with"]:
+                text = f"{st['seconds']:.0f}s"
+            cells.append(f"{text:<10}")
+        lines.append(f"{row['arm']:<16} {row['seed']:>4}  {row['state']:<8} " + " ".join(cells))
+        if row["error"]:
+            lines.append(f"{'':<16} {'':>4}  error: {row['error']}")
+    lines.append("(* shared with another arm's stage)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _last_values(logdir: Path) -> dict[str, float]:
+    from infinity_lit.evaluation.tensorboard import read_scalars
+
+    if not logdir.is_dir():
+        return {}
+    return {tag: series[-1][1] for tag, series in read_scalars(logdir).items() if series}
+
+
+def _fingerprint(score: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The settings a score depends on (the comparison refuses to pool scores whose fingerprints differ)."""
+    sampling = score.get("sampling", {})
+    inception = score.get("weights", {}).get("inception")
+    inception_file = Path(inception) if inception else None
+    return {
+        "reference": score.get("reference"),
+        "reference_fingerprint": score.get("reference_fingerprint"),
+        "num_images": score.get("num_images"),
+        "num_reference_images": score.get("num_reference_images"),
+        "sampling": {k: v for k, v in sampling.items() if k not in ("checkpoint", "tokenizer_checkpoint")},
+        "checkpoint": sampling.get("checkpoint"),
+        "tokenizer_checkpoint": sampling.get("tokenizer_checkpoint"),
+        "inception_weights": inception,
+        "inception_weights_bytes": inception_file.stat().st_size
+        if inception_file and inception_file.is_file()
+        else None,
+        "kid": score.get("settings", {}).get("kid_subsets"),
+        "evaluation": evaluation,
+    }
+
+
+def collect_records(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
+    """One comparison record (``compare.StudyRecord`` as a dict) per finished or failed (arm, seed)."""
+    out = Path(out)
+    study = study if study is not None else load_study(out / "study.yaml")
+    values = {a.name: a.value for a in study.arms}
+    evaluation = asdict(study.evaluation)
+    records = []
+    for row in status(out, study):
+        if row["state"] not in ("done", "failed"):
+            continue
+        base = out / run_folder(row["arm"], row["seed"])
+        record: dict[str, Any] = {"arm": row["arm"], "seed": row["seed"], "value": values[row["arm"]]}
+        if row["state"] == "failed":
+            records.append({**record, "status": "failed", "error": row["error"]})
+            continue
+        recon = runs.read_done(base / "recon") or {}
+        score_done = runs.read_done(base / "score") or {}
+        score_file = base / "score" / "metrics.json"
+        score = json.loads(score_file.read_text(encoding="utf-8")) if score_file.is_file() else {}
+        gen = _last_values(base / "generator" / runs.STAGE_RUN)
+        tok = _last_values(base / "tokenizer" / runs.STAGE_RUN)
+        m = score_done.get("metrics", {})
+        metrics: dict[str, Any] = {
+            "fid": m.get("fid"),
+            "kid": m.get("kid_mean"),
+            "kid_std": m.get("kid_std"),
+            "kid_subsets_whole_set": score.get("settings", {}).get("kid_subset_size")
+            == score.get("num_images"),
+            "clip_score": m.get("clip_score"),
+            "tokenizer_psnr": recon.get("metrics", {}).get("psnr"),
+            "tokenizer_ssim": recon.get("metrics", {}).get("ssim"),
+        }
+        for k, v in (recon.get("metrics", {}).get("psnr_per_scale") or {}).items():
+            metrics[f"psnr_scale_{k}"] = v
+        for tag, v in gen.items():
+            if tag.startswith("val/bit_acc_scale_"):
+                metrics[tag.split("/", 1)[1]] = v
+        metrics["val_loss"] = gen.get("val/loss")
+        metrics["train_loss"] = gen.get("train/loss")
+        metrics["tokenizer_train_l1"] = tok.get("train/l1")
+        stage_seconds = [row["stages"][s]["seconds"] for s in STAGES]
+        metrics["seconds"] = sum(s for s in stage_seconds if s is not None)
+        gen_done = runs.read_done(base / "generator") or {}
+        metrics["steps"] = gen_done.get("global_step")
+        records.append(
+            {
+                **record,
+                "status": "done",
+                "metrics": {k: v for k, v in metrics.items() if v is not None},
+                "fingerprint": _fingerprint(score, evaluation),
+                "run_dirs": [
+                    str(base / "tokenizer" / runs.STAGE_RUN),
+                    str(base / "generator" / runs.STAGE_RUN),
+                ],
+                "samples_dir": str(base / "samples"),
+            }
+        )
+    return records
+
+
+def write_report(out: str | Path, study: Study | None = None) -> tuple[Path, Path]:
+    """The comparison page of a study's output folder (``OUT/report/comparison.html`` + ``.md``).
+
+    Raises:
+        ValueError: no finished or failed (arm, seed) yet, or evaluation fingerprints that differ.
+    """
+    from .compare import write_comparison
+
+    out = Path(out)
+    study = study if study is not None else load_study(out / "study.yaml")
+    records = collect_records(out, study)
+    if not records:
+        raise ValueError(f"{out}: no (arm, seed) has finished yet; see 'infinity-lit study status {out}'")
+    return write_comparison(
+        records,
+        out / "report",
+        study=study.name,
+        variable=study.variable,
+        baseline=study.baseline,
+        title=f"Study {study.name}: {study.variable}",
+    )

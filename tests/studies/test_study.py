@@ -1,0 +1,265 @@
+"""Study specs, the runner (shared stages, failures, resume, the submitit path) and the study CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infinity_lit.studies.runner import STAGES, plan, run_study, status
+from infinity_lit.studies.spec import StudyError, check_deltas, load_study, stage_key
+
+# A tokenizer and a generator small enough to fit in seconds on 32² shards.
+TINY_TOKENIZER = {
+    "seed_everything": 0,
+    "trainer": {
+        "max_steps": 2,
+        "val_check_interval": 2,
+        "check_val_every_n_epoch": None,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    },
+    "model": {
+        "tokenizer": {
+            "codebook_dim": 6,
+            "scale_schedule": [[1, 1], [2, 2], [4, 4]],
+            "base_channels": 8,
+            "channel_multipliers": [1, 2, 2, 2],
+            "num_res_blocks": 1,
+            "num_groups": 4,
+        },
+        "gan_weight": 0.0,
+        "perceptual_weight": 0.0,
+        "num_log_images": 0,
+    },
+    "data": {
+        "class_path": "infinity_lit.data.ShardDataModule",
+        "init_args": {"data_dir": "unset", "resolution": 32, "batch_size": 4, "num_workers": 0},
+    },
+}
+TINY_GENERATOR = {
+    "seed_everything": 0,
+    "trainer": {**TINY_TOKENIZER["trainer"], "max_steps": 2},
+    "model": {
+        "tokenizer_checkpoint": "unset",
+        "transformer": {"depth": 1, "width": 32, "num_heads": 2},
+        "text_max_length": 8,
+        "val_prompts": [],
+        "optimizer": {"warmup_steps": 1, "decay_steps": 10},
+    },
+    "data": TINY_TOKENIZER["data"],
+}
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("recipes")
+    (folder / "tok.yaml").write_text(yaml.safe_dump(TINY_TOKENIZER))
+    (folder / "gen.yaml").write_text(yaml.safe_dump(TINY_GENERATOR))
+    (folder / "p30.yaml").write_text(yaml.safe_dump({"model": {"max_flip_prob": 0.3}}))
+    return folder
+
+
+def write_spec(folder: Path, shards: Path, **changes) -> Path:
+    spec = {
+        "name": "tiny_bsc",
+        "variable": "max_flip_prob",
+        "baseline": "p00",
+        "seeds": [0, 1],
+        "data": {"dir": str(shards), "resolution": 32},
+        "stages": {"tokenizer": {"recipe": "tok.yaml"}, "generator": {"recipe": "gen.yaml"}},
+        "evaluation": {"num_images": 4, "cfg": 2.0},
+        "arms": [
+            {"name": "p00", "value": 0.0, "generator": {"model": {"max_flip_prob": 0.0}}},
+            {"name": "p30", "value": 0.3, "generator": "p30.yaml"},
+        ],
+    }
+    spec.update(changes)
+    path = folder / f"spec_{len(list(folder.glob('spec_*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arm": []}, r"spec_\d+\.yaml: arm: unknown key"),
+        ({"seeds": []}, r"seeds: must be a non-empty list"),
+        ({"baseline": "p99"}, r"baseline: 'p99' is not an arm"),
+        (
+            {"arms": [{"name": "a", "value": 0}, {"name": "a", "value": 1}]},
+            r"arms\[1\]\.name: duplicate arm name 'a'",
+        ),
+        (
+            {"arms": [{"name": "p00", "value": 0, "evaluation": {"cfg": 1.0}}]},
+            r"arms\[0\]\.evaluation: arms may not",
+        ),
+        (
+            {"arms": [{"name": "p00", "value": 0, "generator": "missing.yaml"}]},
+            r"arms\[0\]\.generator: delta file",
+        ),
+        ({"arms": [{"name": "p00", "value": 0, "genrator": {}}]}, r"arms\[0\]\.genrator: unknown key"),
+        ({"evaluation": {"num_imgs": 3}}, r"evaluation\.num_imgs: unknown key"),
+        ({"stages": {"tokenizer": {"recipe": "tok.yaml"}}}, r"stages\.generator: missing"),
+    ],
+)
+def test_spec_errors_name_the_file_and_the_key(recipes, openmoji_shards, changes, message):
+    spec = write_spec(recipes, openmoji_shards, **changes)
+    with pytest.raises(StudyError, match=message) as info:
+        load_study(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_a_delta_that_does_not_parse_against_its_stage(recipes, openmoji_shards):
+    spec = write_spec(
+        recipes,
+        openmoji_shards,
+        arms=[{"name": "p00", "value": 0.0, "generator": {"model": {"max_flip_probability": 0.1}}}],
+    )
+    study = load_study(spec)  # the keys of a delta are the stage's business: checked by check_deltas
+    with pytest.raises(StudyError, match=r"arms\[p00\]\.generator: does not parse.*max_flip_probability"):
+        check_deltas(study)
+
+
+def test_the_resolved_spec_reads_back_to_an_equal_study(recipes, openmoji_shards, tmp_path):
+    from infinity_lit.studies.spec import resolved_spec
+
+    study = load_study(write_spec(recipes, openmoji_shards))
+    copy = tmp_path / "study.yaml"  # elsewhere: no relative recipe or delta file can resolve from here
+    copy.write_text(yaml.safe_dump(resolved_spec(study)))
+    again = load_study(copy)
+    assert [(a.name, a.value, a.deltas) for a in again.arms] == [
+        (a.name, a.value, a.deltas) for a in study.arms
+    ]
+    assert (
+        again.stages == study.stages and again.evaluation == study.evaluation and again.seeds == study.seeds
+    )
+    assert [stage_key(again, a, 0, "generator") for a in again.arms] == [
+        stage_key(study, a, 0, "generator") for a in study.arms
+    ]
+
+
+def test_equal_stages_share_a_key_and_different_ones_do_not(recipes, openmoji_shards):
+    study = load_study(write_spec(recipes, openmoji_shards))
+    p00, p30 = study.arms
+    assert stage_key(study, p00, 0, "tokenizer") == stage_key(study, p30, 0, "tokenizer")
+    assert stage_key(study, p00, 0, "tokenizer") != stage_key(study, p00, 1, "tokenizer")
+    tok = stage_key(study, p00, 0, "tokenizer")
+    assert stage_key(study, p00, 0, "generator", [tok]) != stage_key(study, p30, 0, "generator", [tok])
+    tasks = plan(study)
+    assert len(tasks) == len(STAGES) * 2 * 2
+    shared = {(t.arm, t.seed, t.stage) for t in tasks if t.shared}
+    # p30 shares p00's tokenizer and its reconstruction metrics, seed by seed; nothing else is shared.
+    assert shared == {("p30", s, stage) for s in (0, 1) for stage in ("tokenizer", "recon")}
+
+
+# ------------------------------------------------------------------------------------------ the runner
+
+
+@pytest.fixture(scope="module")
+def finished_study(recipes, openmoji_shards, tmp_path_factory, inception_weights):
+    """A tiny study (3 arms × 2 seeds, the third arm failing) run once with the local launcher."""
+    arms = [
+        {"name": "p00", "value": 0.0, "generator": {"model": {"max_flip_prob": 0.0}}},
+        {"name": "p30", "value": 0.3, "generator": "p30.yaml"},
+        # Not a multiple of 0.01: the generator refuses it when the stage builds the module.
+        {"name": "broken", "value": 0.005, "generator": {"model": {"max_flip_prob": 0.005}}},
+    ]
+    spec = write_spec(
+        recipes,
+        openmoji_shards,
+        arms=arms,
+        evaluation={"num_images": 4, "inception_weights": str(inception_weights)},
+    )
+    out = tmp_path_factory.mktemp("study")
+    env = pytest.MonkeyPatch()
+    env.setenv("INFINITY_LIT_CACHE", str(tmp_path_factory.mktemp("cache")))  # Inception feature cache
+    result = run_study(spec, out=out)
+    yield spec, out, result
+    env.undo()
+
+
+def test_study_runs_shares_and_reports(finished_study):
+    _, out, result = finished_study
+    rows = {(r["arm"], r["seed"]): r for r in result["status"]}
+    assert {k: r["state"] for k, r in rows.items()} == {
+        ("p00", 0): "done",
+        ("p00", 1): "done",
+        ("p30", 0): "done",
+        ("p30", 1): "done",
+        ("broken", 0): "failed",
+        ("broken", 1): "failed",
+    }
+    assert result["failed"] == 2
+    assert "max_flip_prob" in rows[("broken", 0)]["error"] and rows[("broken", 0)]["error"].startswith(
+        "generator"
+    )
+    # The shared tokenizer ran once: the other arms' folders link to p00's, and only one run folder exists.
+    for arm in ("p30", "broken"):
+        link = out / arm / "seed_0" / "tokenizer"
+        assert link.is_symlink() and link.resolve() == (out / "p00" / "seed_0" / "tokenizer").resolve()
+    assert len(list(out.glob("*/seed_0/tokenizer/run/checkpoints/last.ckpt"))) == 3  # 1 real + 2 links
+    assert len({p.resolve() for p in out.glob("*/seed_0/tokenizer/run/checkpoints/last.ckpt")}) == 1
+    # Each arm's generator was trained with its own flip probability.
+    for arm, p in (("p00", 0.0), ("p30", 0.3)):
+        done = json.loads((out / arm / "seed_1" / "generator" / "DONE.json").read_text())
+        assert done["global_step"] == 2
+        config = yaml.safe_load((out / arm / "seed_1" / "generator" / "run" / "config.yaml").read_text())
+        assert config["model"]["max_flip_prob"] == p and config["seed_everything"] == 1
+    assert len(list((out / "p30" / "seed_1" / "samples").glob("*.png"))) == 4
+    # The comparison: per-arm statistics over two seeds with intervals, the failed arm named with its error.
+    html_path, md_path = map(Path, result["report"])
+    page, md = html_path.read_text(), md_path.read_text()
+    assert "p30" in page and "broken/seed 0" in page and "max_flip_prob" in page
+    assert "data:image/png;base64," in page and "(n=2)" in md and "[" in md
+    assert "± 0 " not in md and "± 0.0 " not in md
+
+
+def test_rerun_skips_finished_stages_and_retries_failed_ones(finished_study):
+    spec, out, _ = finished_study
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("p*/seed_*/*/DONE.json")}
+    failed_before = (out / "broken" / "seed_0" / "generator" / "FAILED.json").stat().st_mtime_ns
+    again = run_study(spec, out=out, report=False)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("p*/seed_*/*/DONE.json")} == stamps
+    assert (out / "broken" / "seed_0" / "generator" / "FAILED.json").stat().st_mtime_ns > failed_before
+    assert again["failed"] == 2
+
+
+def test_the_submitit_local_executor_runs_a_stage(finished_study):
+    spec, out, _ = finished_study
+    # Forget one score: it is to do again, and it runs as a submitit job in its own process.
+    (out / "p30" / "seed_0" / "score" / "DONE.json").unlink()
+    result = run_study(spec, out=out, launcher="submitit-local", report=False)
+    assert (out / "p30" / "seed_0" / "score" / "DONE.json").is_file()
+    # One job per stage to run: that score, and the failing arm's generator for 2 seeds (retried); its
+    # samples and scores are marked failed without a job, their upstream stage having failed.
+    logs = list((out / "_submitit").rglob("*_log.out"))
+    assert len(logs) == 1 + 2, logs
+    assert {(r["arm"], r["seed"]) for r in result["status"] if r["state"] == "done"} == {
+        (a, s) for a in ("p00", "p30") for s in (0, 1)
+    }
+
+
+def test_study_cli_status_report_and_exit_code(finished_study, capsys):
+    from infinity_lit.cli import run
+
+    spec, out, _ = finished_study
+    rows = run(["study", "status", str(out)])
+    printed = capsys.readouterr().out
+    assert "broken" in printed and "failed" in printed and "error: generator" in printed
+    assert rows == status(out)
+    run(["study", "report", str(out)])
+    assert "comparison.html" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        run(["study", "run", str(spec), "--out", str(out)])
+    assert info.value.code == 1
+    assert os.path.isfile(out / "report" / "comparison.html")
