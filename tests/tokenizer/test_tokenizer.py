@@ -591,9 +591,6 @@ def test_cosine_schedule_decays_over_max_steps(openmoji_shards, tmp_path):
     assert module.lr_schedulers().get_last_lr()[0] == pytest.approx(1e-3 * 0.2)  # at the horizon
 
 
-@pytest.mark.parametrize(
-    "arm", sorted(p.name for p in RECIPE.parent.glob("*.yaml") if p != RECIPE), ids=lambda name: name
-)
 def test_lpips_is_saved_by_reference_not_by_value(openmoji_shards, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
