@@ -72,16 +72,21 @@ POSITIONAL = {"run": ("spec",), "status": ("out",), "report": ("out",), "check":
 def main(argv: list[str] | None = None) -> Any:
     """Run ``infinity-lit study …`` on ``argv``; returns the sub-command's result (exit 1 if an arm failed)."""
     from infinity_lit.studies.runner import format_status
+    from infinity_lit.studies.spec import StudyError
 
     from .common import run_function_group
 
-    name, _, result = run_function_group(
-        "infinity-lit study",
-        "Studies over arms × seeds: run, status, report, check.",
-        COMMANDS,
-        argv,
-        POSITIONAL,
-    )
+    try:
+        name, _, result = run_function_group(
+            "infinity-lit study",
+            "Studies over arms × seeds: run, status, report, check.",
+            COMMANDS,
+            argv,
+            POSITIONAL,
+        )
+    except (StudyError, FileNotFoundError) as err:  # a bad spec or folder: one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     if name == "check":
         print(result)
     elif name == "status":

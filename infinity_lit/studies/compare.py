@@ -669,7 +669,11 @@ def arm_positions(values: Mapping[str, Any]) -> tuple[dict[str, float], list[flo
 def metric_figure(comp: Comparison, metrics: Sequence[str]):
     """One panel per metric with numbers: arm means against the studied variable, 95 % CI error bars
     (none for one seed), each point labelled by its arm. Returns a matplotlib Figure, or None."""
-    metrics = [m for m in metrics if any(comp.summaries[a][m].mean is not None for a in comp.arms)]
+    metrics = [
+        m
+        for m in metrics
+        if any(m in comp.summaries[a] and comp.summaries[a][m].mean is not None for a in comp.arms)
+    ]
     if not metrics:
         return None
     plt = _pyplot()
@@ -680,8 +684,8 @@ def metric_figure(comp: Comparison, metrics: Sequence[str]):
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), squeeze=False)
     for ax, m in zip(axes.flat, metrics):
         for arm in comp.arms:
-            s = comp.summaries[arm][m]
-            if s.mean is None:
+            s = comp.summaries[arm].get(m)
+            if s is None or s.mean is None:
                 continue
             yerr = None if s.ci is None else [[s.mean - s.ci[0]], [s.ci[1] - s.mean]]
             ax.errorbar(

@@ -54,6 +54,8 @@ UPSTREAM = {
 #: Default parent folder of study outputs.
 STUDIES_DIR = runs.RUNS_ROOT / "studies"
 FAILED = "FAILED.json"
+#: File holding the stage key a folder was computed for (an edited spec changes it: the stage reruns).
+KEY = "STAGE_KEY"
 
 Launcher = Literal["local", "parallel", "slurm", "submitit-local"]
 
@@ -131,6 +133,10 @@ _NO_DELTAS = Arm(name="-", value=None, deltas={})
 def stage_state(out: Path, task: Task) -> dict[str, Any]:
     """{"state": "done"|"failed"|"running"|"pending", ...the marker's record} of a task's owner folder."""
     folder = out / task.owner
+    key_file = folder / KEY
+    if key_file.is_file() and key_file.read_text(encoding="utf-8").strip() != task.key:
+        # The folder holds this stage as computed from another configuration (the spec was edited).
+        return {"state": "stale", "key": key_file.read_text(encoding="utf-8").strip()}
     done = runs.read_done(folder)
     if done is not None:
         return {"state": "done", **done}
@@ -193,6 +199,11 @@ def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, An
     blocked = upstream_failure(root, task)
     if blocked is not None:
         return blocked
+    if state["state"] == "stale":
+        # Keep what the old configuration produced beside it, and compute this one afresh.
+        folder.rename(folder.with_name(f"{folder.name}.stale-{state['key']}"))
+        folder.mkdir(parents=True)
+    runs.atomic_write_text(folder / KEY, task.key)
     (folder / FAILED).unlink(missing_ok=True)
     runs.atomic_write_text(folder / "RUNNING", time.strftime("%Y-%m-%dT%H:%M:%S"))
     arm = study.arm(task.arm)
@@ -410,7 +421,7 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
     """
     out = Path(out)
     study = study if study is not None else load_study(out / "study.yaml")
-    order = {"failed": 3, "running": 2, "pending": 1, "done": 0}
+    order = {"failed": 4, "running": 3, "stale": 2, "pending": 1, "done": 0}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for task in plan(study):
         state = stage_state(out, task)

@@ -330,7 +330,13 @@ def load_study(path: str | Path) -> Study:
         item = _check_keys(path, where, item, _ARM_KEYS)
         if "name" not in item:
             raise _fail(path, f"{where}.name", "missing (required)")
-        arm_name = str(item["name"])
+        if not isinstance(item["name"], str):
+            raise _fail(
+                path,
+                f"{where}.name",
+                f"must be a string; YAML read {item['name']!r} ({type(item['name']).__name__}): quote it",
+            )
+        arm_name = item["name"]
         if not arm_name or not all(c.isalnum() or c in "_-." for c in arm_name):
             raise _fail(
                 path, f"{where}.name", f"must be a folder name (letters, digits, _ - .), got {arm_name!r}"

@@ -88,9 +88,10 @@ def fit(
         args += ["--trainer.max_time", max_time]
     if max_steps is not None:
         args += ["--trainer.max_steps", str(max_steps), "--trainer.max_time", "null"]
-    if last.is_file():
-        log(f"{model}: resuming from {last}")
-        args += ["--ckpt_path", str(last)]
+    resume = last if last.is_file() else _newest_checkpoint(last.parent)
+    if resume is not None:
+        log(f"{model}: resuming from {resume}")
+        args += ["--ckpt_path", str(resume)]
     start = time.time()
     cli = run_cli(cls, args, str(runs.model_runs_dir(model)))
     if not last.is_file():
@@ -103,6 +104,12 @@ def fit(
     }
     runs.mark_done(stage_dir, record)
     return last
+
+
+def _newest_checkpoint(folder: Path) -> Path | None:
+    """The latest-step checkpoint in ``folder`` (an interrupted fit may leave one without ``last.ckpt``)."""
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns) if folder.is_dir() else []
+    return found[-1] if found else None
 
 
 def fit_once(model: Model, out: Path, **kwargs: Any) -> Path:

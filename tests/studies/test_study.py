@@ -263,3 +263,32 @@ def test_study_cli_status_report_and_exit_code(finished_study, capsys):
         run(["study", "run", str(spec), "--out", str(out)])
     assert info.value.code == 1
     assert os.path.isfile(out / "report" / "comparison.html")
+
+
+def test_an_edited_spec_reruns_the_stages_it_changes(finished_study, capsys):
+    spec, out, _ = finished_study
+    # Same spec but p30's generator now flips at 0.2: its generator, samples and score are recomputed (the
+    # old ones are kept aside), everything else is reused.
+    edited = spec.with_name("edited.yaml")
+    data = yaml.safe_load(spec.read_text())
+    data["arms"] = [a for a in data["arms"] if a["name"] != "broken"]
+    data["arms"][1]["generator"] = {"model": {"max_flip_prob": 0.2}}
+    edited.write_text(yaml.safe_dump(data))
+    stamp = (out / "p00" / "seed_0" / "generator" / "DONE.json").stat().st_mtime_ns
+    result = run_study(edited, out=out, report=False)
+    assert result["failed"] == 0
+    assert (out / "p00" / "seed_0" / "generator" / "DONE.json").stat().st_mtime_ns == stamp
+    config = yaml.safe_load((out / "p30" / "seed_0" / "generator" / "run" / "config.yaml").read_text())
+    assert config["model"]["max_flip_prob"] == 0.2
+    assert list((out / "p30" / "seed_0").glob("generator.stale-*"))
+
+
+def test_a_bad_spec_is_one_line_from_the_cli(recipes, openmoji_shards, capsys):
+    from infinity_lit.cli import run
+
+    spec = write_spec(recipes, openmoji_shards, arms=[{"name": False, "value": 0}])
+    with pytest.raises(SystemExit) as info:
+        run(["study", "check", str(spec), "--deltas", "false"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "arms[0].name: must be a string" in err and "quote it" in err
