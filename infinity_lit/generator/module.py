@@ -19,6 +19,11 @@ Optimiser: AdamW with the warm-up + cosine / constant schedule of ``model.optimi
 (``infinity_lit.training.OptimizerConfig``; defaults ``GENERATOR_OPTIMIZER``), stepped once per training
 batch; weight decay on matrices only.
 
+Multi-device (``experiments/trainer/ddp.yaml``, ``fsdp.yaml``): the optimiser takes the transformer's
+parameters as the strategy wrapped them, and the validation sample grid runs on every rank through the
+wrapped model's forward (a sharded model cannot sample on one rank alone); rank 0 logs it. Under FSDP the
+frozen stages stay whole on every rank, outside the sharded units (``FrozenStages``).
+
 EMA weights: add Lightning's ``EMAWeightAveraging`` callback (``use_buffers: false``); the checkpoint's ``state_dict`` then holds
 the averaged weights (used for validation samples too) and ``current_model_state`` the raw ones.
 
@@ -27,23 +32,25 @@ Logged (TensorBoard): ``train/loss`` and ``val/loss`` (nats per bit, teacher-for
 ``*/bit_acc_scale_k`` (k = 1..K), ``train/flip_prob`` (mean drawn flip probability),
 ``train/self_correction_rate`` and ``train/self_correction_baseline`` (see
 ``infinity_lit.generator.self_correction.self_correction_rate``), ``train/lr``, and at each validation a grid of
-samples (images in [0,1] for display) for ``val_prompts``.
+samples (images in [0,1] for display) for ``val_prompts``. The ``val/*`` / ``test/*`` values are
+batch-size-weighted means over the whole split, summed over the ranks on several devices.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 
 from infinity_lit.tokenizer import load_tokenizer
 from infinity_lit.training.frozen import FrozenStages
-from infinity_lit.training.optim import OptimizerConfig
+from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 
 from .sampling import sample
 from .self_correction import BitwiseSelfCorrection, BSCOutput, self_correction_rate
@@ -158,6 +165,18 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         self.transformer = BitwiseTransformer(config)
         self.bsc = BitwiseSelfCorrection(self.tokenizer.quantizer, max_flip_prob, requantize=bsc_requantize)
         self.freeze_stages()
+        # Weight decay goes to matrices. Told apart here, by name: under FSDP every parameter the optimiser
+        # sees is a flat 1-D shard (see ``trainable_parameters``).
+        self._is_matrix = {name: p.ndim >= 2 for name, p in self.transformer.named_parameters()}
+        names = ["loss", "loss_ln2", "bit_acc"]
+        names += [
+            f"{m}_scale_{k}" for k in range(1, len(config.scale_schedule) + 1) for m in ("loss", "bit_acc")
+        ]
+        # Validation / test metrics as batch-size-weighted epoch means that sum exactly over ranks
+        # (``_log_epoch_means``); keyed "val_loss" for "val/loss" (a module name has no "/" or ".").
+        self.eval_means = nn.ModuleDict(
+            {f"{stage}_{n}": _batch_mean() for stage in ("val", "test") for n in names}
+        )
 
         self.save_hyperparameters(ignore=["transformer", "optimizer"])
         # Plain types, so that checkpoints load with weights_only=True.
@@ -171,18 +190,48 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         """AdamW over the transformer (weight decay on matrices only) with the ``optimizer`` schedule,
         stepped per batch.
 
+        The parameters are those the strategy has wrapped (``trainable_parameters``; under FSDP views into
+        this rank's shard, which needs FSDP's ``use_orig_params``, Lightning's default). Which of them are
+        matrices was recorded when the module was built, as a sharded parameter is flat.
+
         Raises:
             ValueError: a cosine schedule with neither ``optimizer.decay_steps`` nor a finite trainer horizon.
         """
         opt = self.optimizer_config
         decay, no_decay = [], []
-        for p in self.transformer.parameters():
-            (decay if p.ndim >= 2 else no_decay).append(p)
+        for name, p in trainable_parameters(self.transformer):
+            if name not in self._is_matrix:
+                raise RuntimeError(
+                    f"transformer parameter {name!r} did not exist when the module was built; a strategy or "
+                    "callback that adds parameters must do so before configure_optimizers knows their weight decay"
+                )
+            (decay if self._is_matrix[name] else no_decay).append(p)
         optimizer = opt.adamw(
             [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         )
         scheduler = opt.scheduler(optimizer, opt.horizon(self._trainer))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping (``trainer.gradient_clip_val``), except clipping by norm under FSDP.
+
+        There the norm is of the whole model, from all ranks' shards: FSDP's own ``clip_grad_norm_`` on the
+        root module, called on every rank (Lightning refuses norm clipping with FSDP, as its per-rank norm
+        would be of a shard only).
+        """
+        model = self.trainer.model
+        if model is not self and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            if isinstance(model, FullyShardedDataParallel):
+                model.clip_grad_norm_(gradient_clip_val)
+                return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ steps
     def _unpack(self, batch: Any) -> tuple[Tensor, list[str]]:
@@ -247,7 +296,17 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         images, captions = self._unpack(batch)
         out, logits = self._teacher_forced(images, captions, flips=False, drop_text=False)
         _, metrics, _ = self._metrics(stage, out, logits)
-        self.log_dict(metrics, batch_size=images.shape[0], sync_dist=True)
+        self._log_epoch_means(metrics, images.shape[0])
+
+    def _log_epoch_means(self, metrics: Mapping[str, Tensor], batch_size: int) -> None:
+        # Each metric's epoch value is Σ value·batch_size / Σ batch_size over all batches of all ranks
+        # (torchmetrics sums both over ranks). Lightning's own reduction (``batch_size=…, sync_dist=True``)
+        # averages the integer sample counts over the ranks and truncates them: on an uneven split (13
+        # samples on 2 ranks) it divides by 2·6 instead of 13.
+        for name, value in metrics.items():
+            mean = self.eval_means[name.replace("/", "_")]
+            mean.update(value, batch_size)
+            self.log(name, mean)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -296,16 +355,50 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         self.transformer.train(was_training)
         return out.images
 
+    def _in_forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, run inside the forward of the model as the strategy wrapped it.
+
+        Lightning runs the steps that way, and in its precision context; code outside them (the validation
+        sample grid) must do the same under FSDP, which gathers a sharded unit's parameters only inside that
+        unit's forward, and in bf16 (autocast lets the fp32 frozen stages' outputs meet them). The gathers
+        are collective, so every rank has to call this with the same work. Single device: a plain call.
+        """
+        wrapper = self.trainer.model
+        if wrapper is None or wrapper is self:
+            return fn(*args)
+
+        def forward(*inner: Any) -> Any:
+            del self.forward  # back to the class's forward before anything runs
+            return fn(*inner)
+
+        self.forward = forward
+        try:
+            with self.trainer.precision_plugin.forward_context():
+                return wrapper(*args)
+        finally:
+            self.__dict__.pop("forward", None)
+
     def on_validation_epoch_end(self) -> None:
         prompts = self.hparams.val_prompts
         if not prompts or self.trainer.sanity_checking or self.logger is None:
             return
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_image") or self.global_rank != 0:
+        # Rank 0 holds the real logger (the others a no-op stand-in), so its answer holds for every rank:
+        # all of them take part in the sampling, which a sharded model cannot run on one rank alone.
+        experiment = getattr(self.logger, "experiment", None) if self.global_rank == 0 else None
+        if not self.trainer.strategy.broadcast(hasattr(experiment, "add_image")):
             return
         from torchvision.utils import make_grid
 
-        images = self.generate(prompts)
-        grid = make_grid((images.cpu() + 1) / 2, nrow=min(8, len(prompts)), padding=2)  # [-1,1] → [0,1]
+        images = self._in_forward(self.generate, prompts)
+        if self.global_rank != 0:
+            return
+        images = (images.float().cpu() + 1) / 2  # [-1,1] → [0,1]
+        grid = make_grid(images, nrow=min(8, len(prompts)), padding=2)
         experiment.add_image("val/samples", grid.clamp(0, 1), self.global_step)
         experiment.add_text("val/sample_prompts", " | ".join(prompts), self.global_step)
+
+
+def _batch_mean() -> MeanMetric:
+    # A float nan_strategy replaces NaN by itself, so a NaN metric stays NaN as in Lightning's own logging;
+    # "disable" would also drop the weights (torchmetrics 1.9), "warn" / "ignore" drop NaN values.
+    return MeanMetric(nan_strategy=math.nan)

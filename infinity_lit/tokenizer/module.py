@@ -25,23 +25,27 @@ unitless, on [-1, 1] images through ``infinity_lit.metrics.reconstruction``); ``
 for decoding from the first k scales; ``val/bit_usage`` (histogram of P(bit = 1) per bit),
 ``val/bit_entropy_mean`` / ``_min`` (bits, at most 1); ``val/codebook_utilisation`` (distinct codes seen
 / min(2^d, positions)); ``data/skipped_samples`` when the data module counts them; an image grid of
-originals (top row) and reconstructions from 1, 2, …, K scales (rows below).
+originals (top row) and reconstructions from 1, 2, …, K scales (rows below). The ``val/*`` values are over
+the whole split on several devices too: batch-size-weighted means summed over the ranks, bit statistics and
+distinct codes gathered from every rank (the grid is rank 0's).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 
 from infinity_lit.metrics.reconstruction import psnr, ssim
 from infinity_lit.training.frozen import FrozenStages
-from infinity_lit.training.optim import OptimizerConfig
+from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 
 from .discriminator import NormKind, PatchDiscriminator
 from .losses import LPIPS, LeCamEMA, hinge_d_loss, hinge_g_loss
@@ -154,6 +158,15 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             )
         self.freeze_stages()
         self._reset_eval_stats()
+        # Validation / test metrics as batch-size-weighted epoch means that sum exactly over ranks
+        # (``_log_epoch_means``); keyed "val_psnr" for "val/psnr" (a module name has no "/" or ".").
+        names = ["l1", "commit", "entropy", "psnr", "ssim"] + (
+            ["perceptual"] if self.perceptual is not None else []
+        )
+        names += [f"psnr_scale_{k}" for k in range(1, len(tokenizer.scale_schedule) + 1)]
+        self.eval_means = nn.ModuleDict(
+            {f"{stage}_{n}": _batch_mean() for stage in ("val", "test") for n in names}
+        )
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -166,6 +179,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         Raises:
             ValueError: the resolution is not divisible by the stride or does not fit the schedule.
         """
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         resolution = getattr(datamodule, "resolution", None)
         if resolution is None:
@@ -192,14 +206,19 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW for the tokenizer (and the discriminator), each with the ``optimizer`` schedule.
 
+        Each takes its network's parameters as the strategy wrapped them (``trainable_parameters``).
+
         Raises:
             ValueError: a cosine schedule with neither ``optimizer.decay_steps`` nor a finite trainer horizon.
         """
         opt = self.optimizer_config
-        optimizers = [opt.adamw(self.tokenizer.parameters())]
+        optimizers = [opt.adamw([p for _, p in trainable_parameters(self.tokenizer)])]
         if self.discriminator is not None:
             optimizers.append(
-                opt.adamw(self.discriminator.parameters(), learning_rate=self.hparams.disc_learning_rate)
+                opt.adamw(
+                    [p for _, p in trainable_parameters(self.discriminator)],
+                    learning_rate=self.hparams.disc_learning_rate,
+                )
             )
         total = opt.horizon(self._trainer)
         return optimizers, [opt.scheduler(o, total) for o in optimizers]
@@ -260,7 +279,11 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
                 if self.lecam is not None:
                     terms["lecam"] = self.lecam(logits_real, logits_fake)
                     d_loss = d_loss + hp.lecam_weight * terms["lecam"]
-                    self.lecam.update(logits_real, logits_fake)
+                    # The running means follow the logits of all ranks (the global batch), so every rank
+                    # keeps the same LeCam state (one process: the local logits as they are).
+                    self.lecam.update(
+                        self.all_gather(logits_real.detach()), self.all_gather(logits_fake.detach())
+                    )
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
                 if hp.grad_clip_norm is not None:
@@ -338,7 +361,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             )
             metrics[f"{stage}/psnr_scale_{k}"] = psnr(recon_k, images)
             progressive.append(recon_k)
-        self.log_dict(metrics, batch_size=batch_size, sync_dist=True)
+        self._log_epoch_means(metrics, batch_size)
 
         bits = torch.cat(q.bits, dim=1)  # (B, Σ h_k·w_k, d)
         ones = bits.sum(dim=(0, 1)).double()
@@ -350,6 +373,16 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         if not self._grid_logged and self.hparams.num_log_images > 0:
             self._log_grid(images, progressive, stage)
             self._grid_logged = True
+
+    def _log_epoch_means(self, metrics: Mapping[str, Tensor], batch_size: int) -> None:
+        # Each metric's epoch value is Σ value·batch_size / Σ batch_size over all batches of all ranks
+        # (torchmetrics sums both over ranks). Lightning's own reduction (``batch_size=…, sync_dist=True``)
+        # averages the integer sample counts over the ranks and truncates them: on an uneven split (13
+        # samples on 2 ranks) it divides by 2·6 instead of 13.
+        for name, value in metrics.items():
+            mean = self.eval_means[name.replace("/", "_")]
+            mean.update(value, batch_size)
+            self.log(name, mean)
 
     def _eval_epoch_end(self, stage: str) -> None:
         if self._bit_ones is None:
@@ -368,9 +401,17 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         self.log(f"{stage}/bit_usage_min", p.min(), rank_zero_only=True)
         self.log(f"{stage}/bit_usage_max", p.max(), rank_zero_only=True)
         if self._codes_seen:
-            # Distinct codes of this process's share of the data (not gathered across processes).
-            unique = torch.unique(torch.cat(self._codes_seen)).numel()
-            possible = min(2**self.tokenizer.codebook_dim, self._bit_count)
+            codes = torch.unique(torch.cat(self._codes_seen))
+            if self.trainer.world_size > 1:
+                # The distinct codes of all ranks: each rank's list padded with -1 to the longest one
+                # (all_gather needs equal shapes).
+                longest = int(self.all_gather(torch.tensor(codes.numel(), device=codes.device)).max())
+                padded = torch.full((longest,), -1, dtype=codes.dtype, device=codes.device)
+                padded[: codes.numel()] = codes
+                codes = torch.unique(self.all_gather(padded))
+                codes = codes[codes >= 0]
+            unique = codes.numel()
+            possible = min(2**self.tokenizer.codebook_dim, int(count.item()))
             self.log(f"{stage}/codebook_utilisation", unique / possible, rank_zero_only=True)
             self.log(f"{stage}/codebook_unique_codes", float(unique), rank_zero_only=True)
         experiment = self._tensorboard()
@@ -416,3 +457,9 @@ def reconstruction_grid(images: Tensor, reconstructions: list[Tensor]) -> Tensor
 
     rows = torch.cat([images.float(), *(r.float() for r in reconstructions)], dim=0)
     return make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=images.shape[0], padding=2, pad_value=1.0)
+
+
+def _batch_mean() -> MeanMetric:
+    # A float nan_strategy replaces NaN by itself, so a NaN metric stays NaN as in Lightning's own logging;
+    # "disable" would also drop the weights (torchmetrics 1.9), "warn" / "ignore" drop NaN values.
+    return MeanMetric(nan_strategy=math.nan)

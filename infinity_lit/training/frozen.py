@@ -15,6 +15,12 @@ hyper-parameters. ``FrozenStages`` then keeps them frozen in the open, and out o
 
 Frozen sub-modules are not given to the optimiser; that stays the module's job (it builds its optimisers
 from the trainable sub-modules).
+
+Under FSDP (``experiments/trainer/fsdp.yaml``) the frozen stages stay out of the sharded units: ``setup``
+adds them to the strategy's ``ignored_states``, so every rank holds them whole, on its device. They have
+nothing to reduce or to save. Sharded, they would cost an all-gather at every step, break the checkpoint
+(FSDP expects each of its parameters in the state dict, which ``state_dict()`` leaves them out of), and
+break every use outside a forward of the wrapped model (``tokenizer.decode`` while sampling).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
 
@@ -65,6 +72,26 @@ class FrozenStages:
         """Put every frozen stage in eval mode with ``requires_grad`` False."""
         for module in self.frozen_modules().values():
             module.eval().requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        """Keep the frozen stages out of FSDP's sharded units (see the module docstring); a subclass that
+        overrides ``setup`` calls this first. Lightning calls it before the strategy wraps the model."""
+        trainer = getattr(self, "_trainer", None)
+        strategy = trainer.strategy if trainer is not None else None
+        if isinstance(strategy, FSDPStrategy):
+            self._exclude_from_fsdp(strategy)
+        super().setup(stage)
+
+    def _exclude_from_fsdp(self, strategy: FSDPStrategy) -> None:
+        # FSDP takes either ignored_modules or ignored_states; add to whichever the strategy was given.
+        key = "ignored_modules" if "ignored_modules" in strategy.kwargs else "ignored_states"
+        ignored = list(strategy.kwargs.get(key) or [])
+        for module in self.frozen_modules().values():
+            if not any(module is m for m in ignored):
+                ignored.append(module)
+            # FSDP moves only what it manages to the device.
+            module.to(strategy.root_device)
+        strategy.kwargs[key] = ignored
 
     def on_train_epoch_start(self) -> None:
         # Lightning puts the whole module in train mode when fitting starts; the frozen stages go back to

@@ -13,7 +13,8 @@ In a recipe it is the ``model.optimizer`` group (each module keeps its own defau
         min_lr_ratio: 0.1
 
 The schedule itself is ``infinity_lit.training.schedules.lr_factor``; ``horizon`` resolves the cosine
-horizon against the trainer and ``scheduler`` builds the ``LambdaLR``.
+horizon against the trainer and ``scheduler`` builds the ``LambdaLR``. ``trainable_parameters`` gives a
+module's parameters as a strategy (DDP, FSDP) has wrapped them, named as before the wrapping.
 """
 
 from __future__ import annotations
@@ -24,10 +25,37 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from .schedules import warmup_cosine
 
 LRSchedule = Literal["cosine", "constant"]
+
+
+def trainable_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters of ``module`` that train (``requires_grad``), in ``named_parameters`` order, each
+    named as in the unwrapped module.
+
+    Call it from ``configure_optimizers``: Lightning runs that hook after the strategy has wrapped the model,
+    so these are the parameter objects the strategy manages. DDP leaves them as they are. FSDP (with
+    ``use_orig_params``, Lightning's default and required here) keeps the same objects but points each one's
+    data at a flat 1-D piece of this rank's shard, so a parameter's shape no longer tells a matrix from a
+    vector: decide anything shape-based before the wrapping. FSDP also inserts its wrapper modules into the
+    names (``blocks.0.attn._fsdp_wrapped_module.qkv.weight``), as activation checkpointing
+    (``_checkpoint_wrapped_module``) and ``torch.compile`` (``_orig_mod``) do; those name parts start with
+    ``_`` and are dropped, so a name means the same before and after the wrapping.
+
+    Args:
+        module: the (sub-)module whose parameters one optimiser updates.
+
+    Returns:
+        ``(name, parameter)`` pairs.
+    """
+    out = []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            out.append((".".join(part for part in name.split(".") if not part.startswith("_")), param))
+    return out
 
 
 @dataclass(frozen=True)
