@@ -45,10 +45,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
-from torchmetrics.aggregation import MeanMetric
+from torch import Tensor
 
 from infinity_lit.tokenizer import load_tokenizer
+from infinity_lit.training.callbacks import epoch_means, log_epoch_means
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 
@@ -173,10 +173,8 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
             f"{m}_scale_{k}" for k in range(1, len(config.scale_schedule) + 1) for m in ("loss", "bit_acc")
         ]
         # Validation / test metrics as batch-size-weighted epoch means that sum exactly over ranks
-        # (``_log_epoch_means``); keyed "val_loss" for "val/loss" (a module name has no "/" or ".").
-        self.eval_means = nn.ModuleDict(
-            {f"{stage}_{n}": _batch_mean() for stage in ("val", "test") for n in names}
-        )
+        # (``training.callbacks.log_epoch_means``); keyed "val_loss" for "val/loss" (a module name has no "/" or ".").
+        self.eval_means = epoch_means(names)
 
         self.save_hyperparameters(ignore=["transformer", "optimizer"])
         # Plain types, so that checkpoints load with weights_only=True.
@@ -296,17 +294,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         images, captions = self._unpack(batch)
         out, logits = self._teacher_forced(images, captions, flips=False, drop_text=False)
         _, metrics, _ = self._metrics(stage, out, logits)
-        self._log_epoch_means(metrics, images.shape[0])
-
-    def _log_epoch_means(self, metrics: Mapping[str, Tensor], batch_size: int) -> None:
-        # Each metric's epoch value is Σ value·batch_size / Σ batch_size over all batches of all ranks
-        # (torchmetrics sums both over ranks). Lightning's own reduction (``batch_size=…, sync_dist=True``)
-        # averages the integer sample counts over the ranks and truncates them: on an uneven split (13
-        # samples on 2 ranks) it divides by 2·6 instead of 13.
-        for name, value in metrics.items():
-            mean = self.eval_means[name.replace("/", "_")]
-            mean.update(value, batch_size)
-            self.log(name, mean)
+        log_epoch_means(self, self.eval_means, metrics, images.shape[0])
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -396,9 +384,3 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         grid = make_grid(images, nrow=min(8, len(prompts)), padding=2)
         experiment.add_image("val/samples", grid.clamp(0, 1), self.global_step)
         experiment.add_text("val/sample_prompts", " | ".join(prompts), self.global_step)
-
-
-def _batch_mean() -> MeanMetric:
-    # A float nan_strategy replaces NaN by itself, so a NaN metric stays NaN as in Lightning's own logging;
-    # "disable" would also drop the weights (torchmetrics 1.9), "warn" / "ignore" drop NaN values.
-    return MeanMetric(nan_strategy=math.nan)

@@ -33,17 +33,16 @@ distinct codes gathered from every rank (the grid is rank 0's).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch import Tensor, nn
-from torchmetrics.aggregation import MeanMetric
+from torch import Tensor
 
 from infinity_lit.metrics.reconstruction import psnr, ssim
+from infinity_lit.training.callbacks import epoch_means, log_epoch_means
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 
@@ -159,14 +158,12 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         self.freeze_stages()
         self._reset_eval_stats()
         # Validation / test metrics as batch-size-weighted epoch means that sum exactly over ranks
-        # (``_log_epoch_means``); keyed "val_psnr" for "val/psnr" (a module name has no "/" or ".").
+        # (``training.callbacks.log_epoch_means``); keyed "val_psnr" for "val/psnr" (a module name has no "/" or ".").
         names = ["l1", "commit", "entropy", "psnr", "ssim"] + (
             ["perceptual"] if self.perceptual is not None else []
         )
         names += [f"psnr_scale_{k}" for k in range(1, len(tokenizer.scale_schedule) + 1)]
-        self.eval_means = nn.ModuleDict(
-            {f"{stage}_{n}": _batch_mean() for stage in ("val", "test") for n in names}
-        )
+        self.eval_means = epoch_means(names)
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -361,7 +358,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             )
             metrics[f"{stage}/psnr_scale_{k}"] = psnr(recon_k, images)
             progressive.append(recon_k)
-        self._log_epoch_means(metrics, batch_size)
+        log_epoch_means(self, self.eval_means, metrics, batch_size)
 
         bits = torch.cat(q.bits, dim=1)  # (B, Σ h_k·w_k, d)
         ones = bits.sum(dim=(0, 1)).double()
@@ -373,16 +370,6 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         if not self._grid_logged and self.hparams.num_log_images > 0:
             self._log_grid(images, progressive, stage)
             self._grid_logged = True
-
-    def _log_epoch_means(self, metrics: Mapping[str, Tensor], batch_size: int) -> None:
-        # Each metric's epoch value is Σ value·batch_size / Σ batch_size over all batches of all ranks
-        # (torchmetrics sums both over ranks). Lightning's own reduction (``batch_size=…, sync_dist=True``)
-        # averages the integer sample counts over the ranks and truncates them: on an uneven split (13
-        # samples on 2 ranks) it divides by 2·6 instead of 13.
-        for name, value in metrics.items():
-            mean = self.eval_means[name.replace("/", "_")]
-            mean.update(value, batch_size)
-            self.log(name, mean)
 
     def _eval_epoch_end(self, stage: str) -> None:
         if self._bit_ones is None:
@@ -457,9 +444,3 @@ def reconstruction_grid(images: Tensor, reconstructions: list[Tensor]) -> Tensor
 
     rows = torch.cat([images.float(), *(r.float() for r in reconstructions)], dim=0)
     return make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=images.shape[0], padding=2, pad_value=1.0)
-
-
-def _batch_mean() -> MeanMetric:
-    # A float nan_strategy replaces NaN by itself, so a NaN metric stays NaN as in Lightning's own logging;
-    # "disable" would also drop the weights (torchmetrics 1.9), "warn" / "ignore" drop NaN values.
-    return MeanMetric(nan_strategy=math.nan)

@@ -122,3 +122,35 @@ class HParamsWithFinalMetrics(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, pl_module, "test/")
+
+
+# ------------------------------------------------------------------ exact epoch means over ranks
+
+
+def epoch_means(names: list[str], stages: tuple[str, ...] = ("val", "test")):
+    """One batch-size-weighted running mean per ``<stage>/<name>`` metric, as an ``nn.ModuleDict`` keyed
+    ``<stage>_<name>`` (a module name has no "/"); log with ``log_epoch_means``.
+
+    A float ``nan_strategy`` replaces NaN by itself, so a NaN metric stays NaN as in Lightning's own logging;
+    "disable" would also drop the weights (torchmetrics 1.9), "warn" / "ignore" drop NaN values.
+    """
+    from torch import nn
+    from torchmetrics.aggregation import MeanMetric
+
+    return nn.ModuleDict(
+        {f"{stage}_{n}": MeanMetric(nan_strategy=math.nan) for stage in stages for n in names}
+    )
+
+
+def log_epoch_means(module: LightningModule, means: Any, metrics: Mapping[str, Any], batch_size: int) -> None:
+    """Update and log ``metrics`` ({"val/loss": tensor, ...}) through their ``epoch_means`` entries.
+
+    Each metric's epoch value is Σ value·batch_size / Σ batch_size over all batches of all ranks
+    (torchmetrics sums both over ranks). Lightning's own reduction (``batch_size=…, sync_dist=True``)
+    averages the integer sample counts over the ranks and truncates them: on an uneven split (13 samples on
+    2 ranks) it divides by 2·6 instead of 13.
+    """
+    for name, value in metrics.items():
+        mean = means[name.replace("/", "_")]
+        mean.update(value, batch_size)
+        module.log(name, mean)
