@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> Any:
     from .common import run_function_group
 
     name, kwargs, result = run_function_group("infinity-lit eval", DESCRIPTION, COMMANDS, argv, POSITIONAL)
+    from infinity_lit.evaluation.ranks import ranks
+
+    if not ranks().main:  # several processes (torchrun): rank 0 speaks for all
+        return result
     if name == "sample":
         print(
             f"{kwargs['out']}: {result['written']} written, {result['skipped']} already present, "

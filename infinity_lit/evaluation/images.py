@@ -159,6 +159,32 @@ class ImageSet:
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "split": self.split, "max_images": self.max_images}
 
+    def content(self) -> dict:
+        """What the set holds, independent of where it lies (for evaluation fingerprints).
+
+        Returns:
+            ``{"sha256": hex digest over every image's key, size and decoded uint8 RGB pixels in set order,
+            "images": count, "sizes": sorted distinct "HxW", "format": "PNG files" / "JPEG files" / … for a
+            folder (sorted distinct suffixes), "webdataset shards" for shards}``. Equal for a copied or
+            moved set; different when one pixel, one key or the selection (split, ``max_images``) differs.
+        """
+        digest = hashlib.sha256()
+        sizes: set[str] = set()
+        count = 0
+        for key, image, _ in self.iter_items():
+            h, w = image.shape[-2:]
+            sizes.add(f"{h}x{w}")
+            digest.update(f"{key}\0{h}x{w}\0".encode())
+            digest.update(image.contiguous().numpy().tobytes())
+            count += 1
+        if self.kind == "folder":
+            files = list_images(self.path)[: self.max_images]
+            suffixes = sorted({p.suffix.lower().lstrip(".").replace("jpg", "jpeg").upper() for p in files})
+            fmt = " + ".join(suffixes) + " files" if suffixes else "no files"
+        else:
+            fmt = "webdataset shards"
+        return {"sha256": digest.hexdigest(), "images": count, "sizes": sorted(sizes), "format": fmt}
+
 
 def open_image_set(path: str | Path, split: str = "val", max_images: int | None = None) -> ImageSet:
     """An ``ImageSet`` for ``path``: a shard directory (has ``manifest.json`` or ``*.tar`` shards; ``split``

