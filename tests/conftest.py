@@ -74,6 +74,8 @@ TINY_TOKENIZER = {
     "num_res_blocks": 1,
     "num_groups": 4,
 }
+#: The tiny transformer of the tests' generators (the shared checkpoint uses the ``tiny`` preset instead).
+TINY_TRANSFORMER = {"depth": 1, "width": 32, "num_heads": 2}
 #: Width of the default (bundled MiniLM) text encoder's features.
 MINILM_DIM = 384
 

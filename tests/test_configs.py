@@ -2,7 +2,7 @@
 
 Each YAML file has a kind, from where it lives:
 
-- ``experiments/{tokenizer,generator}/**``: a LightningCLI recipe (a base, with ``data:``) or an arm delta
+- ``experiments/{tokenizer,generator}/**``: a LightningCLI recipe (a base, with ``data.class_path``) or a delta
   stacked over its model's base (``-c base -c delta``), parsed by ``infinity-lit MODEL fit --print_config``;
 - ``experiments/studies/**``: a study spec, read by ``studies.spec.load_study`` and ``check_deltas``;
 - any other ``experiments/<folder>/**``: a trainer overlay, stacked over every model's base;
@@ -60,7 +60,8 @@ def _kind(path: Path) -> str | None:
     rel = path.relative_to(REPO).parts
     if rel[0] == "experiments" and len(rel) >= 3:
         if rel[1] in MODELS:
-            return "base" if "data" in _load(path) else "delta"
+            # A base names its data module; a delta may change a data option (a resolution) only.
+            return "base" if "class_path" in (_load(path).get("data") or {}) else "delta"
         return "study" if rel[1] == "studies" else "overlay"
     if rel[:2] == ("eval", "configs") and len(rel) >= 4:
         return "eval"

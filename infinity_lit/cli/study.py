@@ -32,9 +32,12 @@ def check(spec: Path, deltas: bool = True) -> str:
         check_deltas(study)
     tasks = plan(study)
     unique = {t.key for t in tasks}
+    shared = len(tasks) - len(unique)
     return (
         f"{study.path}: study {study.name!r}, {len(study.arms)} arms × {len(study.seeds)} seeds, "
-        f"{len(tasks)} stages of which {len(unique)} run (the others are shared); spec OK"
+        f"{len(tasks)} stages, "
+        + (f"{len(unique)} to run ({shared} shared with another arm's)" if shared else "none shared")
+        + "; spec OK"
     )
 
 

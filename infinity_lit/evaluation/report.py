@@ -90,11 +90,12 @@ def _fmt(value, digits: int) -> str:
     return str(value)
 
 
-def _short(value) -> str:
+def short_value(value) -> str:
+    """A setting for a table cell: None → "–", a list joined by commas, a path by its file name."""
     if value is None:
         return "–"
     if isinstance(value, list):
-        return ", ".join(_short(v) for v in value)
+        return ", ".join(short_value(v) for v in value)
     if isinstance(value, str) and ("/" in value or "\\" in value):
         return Path(value).name
     return str(value)
@@ -139,10 +140,10 @@ def metrics_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
                     "PSNR": _fmt(m.get("psnr"), 2),
                     "SSIM": _fmt(m.get("ssim"), 4),
                     "rFID": _fmt(m.get("rfid"), 2),
-                    "cfg": _short(s.get("cfg")),
-                    "τ": _short(s.get("tau")),
-                    "seed": _short(s.get("seed")),
-                    "checkpoint": _short(s.get("checkpoint", rec.get("checkpoint"))),
+                    "cfg": short_value(s.get("cfg")),
+                    "τ": short_value(s.get("tau")),
+                    "seed": short_value(s.get("seed")),
+                    "checkpoint": short_value(s.get("checkpoint", rec.get("checkpoint"))),
                 }
             )
     return rows
@@ -153,7 +154,8 @@ def metrics_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _figure_png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (100 dpi, tight box); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -162,7 +164,8 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +190,7 @@ def plot_curves(runs: Sequence[RunData], max_panels: int = 24) -> list[tuple[str
     tags = sorted(series)
     if not tags:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     figures = []
     for start in range(0, len(tags), max_panels):
         group = tags[start : start + max_panels]
@@ -215,7 +218,7 @@ def plot_curves(runs: Sequence[RunData], max_panels: int = 24) -> list[tuple[str
         )
         fig.tight_layout(rect=(0, 0, 1, 0.96))
         figures.append(
-            (f"Training curves ({start + 1}–{start + len(group)} of {len(tags)} tags)", _figure_png(fig))
+            (f"Training curves ({start + 1}–{start + len(group)} of {len(tags)} tags)", figure_png(fig))
         )
     return figures
 
@@ -242,7 +245,7 @@ def plot_per_scale(runs: Sequence[RunData]) -> bytes | None:
     data = per_scale_series(runs)
     if not data:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     names = sorted(data)
@@ -259,7 +262,7 @@ def plot_per_scale(runs: Sequence[RunData]) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,7 +270,8 @@ def plot_per_scale(runs: Sequence[RunData]) -> bytes | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _thumbnail_png(path: Path, size: int) -> bytes:
+def thumbnail_png(path: Path, size: int) -> bytes:
+    """An image file as RGB PNG bytes whose longest side is at most ``size`` pixels (never enlarged)."""
     with Image.open(path) as im:
         im = im.convert("RGB")
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -306,7 +310,7 @@ def sample_table(
 # Page
 # ---------------------------------------------------------------------------------------------------------
 
-_CSS = """
+PAGE_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
@@ -320,7 +324,17 @@ img.plot { max-width: 100%; }
 _NUMERIC = {"images", "FID", "KID", "CLIP", "PSNR", "SSIM", "rFID"}
 
 
-def _md_cell(text: str) -> str:
+def html_page(title: str, body: Sequence[str], css: str = "") -> str:
+    """A self-contained HTML document: ``title``, the body's lines, and ``PAGE_CSS`` plus ``css``."""
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}{css}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -370,7 +384,7 @@ def make_report(
         md += ["## Summary", "", "| | |", "|---|---:|"]
         for label, value in headline:
             h.append(f"<tr><td>{html.escape(label)}</td><td class='num'>{html.escape(value)}</td></tr>")
-            md.append(f"| {_md_cell(label)} | {_md_cell(value)} |")
+            md.append(f"| {md_cell(label)} | {md_cell(value)} |")
         h.append("</table>")
         md.append("")
 
@@ -403,7 +417,7 @@ def make_report(
         h.append("</table>")
         md.append("| " + " | ".join(TABLE_COLUMNS) + " |")
         md.append("|" + "|".join("---:" if c in _NUMERIC else "---" for c in TABLE_COLUMNS) + "|")
-        md += ["| " + " | ".join(_md_cell(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
+        md += ["| " + " | ".join(md_cell(r[c]) for c in TABLE_COLUMNS) + " |" for r in rows]
         h.append(
             "<ul class='small'>"
             + "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in LEGEND.items())
@@ -468,7 +482,7 @@ def make_report(
         h.append(
             "<table><tr><th>prompt</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"
         )
-        md.append("| prompt | " + " | ".join(_md_cell(c) for c in columns) + " |")
+        md.append("| prompt | " + " | ".join(md_cell(c) for c in columns) + " |")
         md.append("|---|" + "|".join("---" for _ in columns) + "|")
         for r, (prompt, paths) in enumerate(sample_rows):
             h_cells, md_cells = [], []
@@ -477,7 +491,7 @@ def make_report(
                     h_cells.append("<td>–</td>")
                     md_cells.append("–")
                     continue
-                png = _thumbnail_png(path, thumbnail_size)
+                png = thumbnail_png(path, thumbnail_size)
                 filename = f"sample_{r}_{c}.png"
                 (assets / filename).write_bytes(png)
                 b64 = base64.b64encode(png).decode("ascii")
@@ -486,7 +500,7 @@ def make_report(
                 )
                 md_cells.append(f"![{path.name}](assets/{filename})")
             h.append(f"<tr><td class='small'>{html.escape(prompt)}</td>{''.join(h_cells)}</tr>")
-            md.append(f"| {_md_cell(prompt)} | " + " | ".join(md_cells) + " |")
+            md.append(f"| {md_cell(prompt)} | " + " | ".join(md_cells) + " |")
         h.append("</table>")
     else:
         h.append(
@@ -495,12 +509,7 @@ def make_report(
         md.append("No sample folders (metadata.jsonl + PNGs from `infinity-lit eval sample`) found.")
     md.append("")
 
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
-        + "\n".join(h)
-        + "\n</body></html>\n"
-    )
+    page = html_page(title, h)
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text(page, encoding="utf-8")
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")

@@ -6,9 +6,10 @@ without training) and writes one self-contained HTML page (pictures embedded as 
 Markdown twin whose pictures are files under ``OUT/assets/``:
 
 1. per arm and metric: n, mean, standard deviation (n − 1), and a 95 % confidence interval of the mean
-   (Student t); a metric with one seed has no interval and no "± 0";
+   (Student t, cut to the metric's range); a metric with one seed has no interval and no "± 0";
 2. the effect of every arm against the baseline arm: difference of means and the p-value of Welch's
    two-sided t-test (``scipy.stats.ttest_ind(equal_var=False)``); "outside seed noise" when p < 0.05;
+   a metric whose per-seed values are the baseline's (a shared stage) is marked shared, not tested;
 3. one plot per headline metric against the studied variable with 95 % error bars, and per-scale PSNR /
    bit accuracy against the scale index;
 4. training curves of all arms overlaid (one colour per arm, one thin line per seed);
@@ -34,13 +35,13 @@ from typing import Any
 
 from infinity_lit.evaluation.images import read_metadata
 from infinity_lit.evaluation.report import (
-    _CSS,
     LEGEND,
-    _figure_png,
-    _md_cell,
-    _pyplot,
-    _short,
-    _thumbnail_png,
+    figure_png,
+    html_page,
+    md_cell,
+    pyplot,
+    short_value,
+    thumbnail_png,
 )
 from infinity_lit.evaluation.tensorboard import PER_SCALE_TAG, event_dirs, read_scalars
 from infinity_lit.runs import STAGE_RUN
@@ -70,6 +71,9 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "train_loss",
     "seconds",
 )
+
+#: Verdict of a metric whose per-seed values are the baseline's (the arms share the stage behind it).
+SHARED_VERDICT = "shared with the baseline: the same value for every seed, no test"
 
 #: Significance level of the Welch test.
 ALPHA = 0.05
@@ -370,11 +374,22 @@ def summarize_metric(records: Sequence[StudyRecord], metric: str) -> MetricSumma
     mean = sd = ci = None
     if values:
         mean, sd, ci = summarize(values)
+    if ci is not None:
+        ci = clip_interval(ci, metric)
     note_text = tuple(
         f"{text} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" if values else text
         for text, s in notes.items()
     )
     return MetricSummary(metric, tuple(seeds), tuple(values), mean, sd, ci, note_text)
+
+
+def clip_interval(ci: tuple[float, float], metric: str) -> tuple[float, float]:
+    """A confidence interval cut to the metric's range (``MetricInfo.low``/``high``): the t interval is
+    symmetric, the metric may not be (an FID near 0, a bit accuracy near 1)."""
+    info = metric_info(metric)
+    low = ci[0] if info.low is None else max(ci[0], info.low)
+    high = ci[1] if info.high is None else min(ci[1], info.high)
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -427,6 +442,9 @@ def effect(arm: MetricSummary, baseline: MetricSummary, arm_name: str) -> Effect
             missing = "the baseline" if baseline.mean is None else "this arm"
         return Effect(arm.metric, arm_name, None, None, f"no test: no number for {missing}")
     difference = arm.mean - baseline.mean
+    if arm.seeds == baseline.seeds and arm.values == baseline.values:
+        # Seed for seed the same number: both arms read one shared stage (e.g. one tokenizer per seed).
+        return Effect(arm.metric, arm_name, 0.0, None, SHARED_VERDICT)
     if arm.n < 2 or baseline.n < 2:
         return Effect(arm.metric, arm_name, difference, None, "no test: fewer than 2 seeds")
     p = welch_p_value(arm.values, baseline.values)
@@ -446,23 +464,34 @@ def effect(arm: MetricSummary, baseline: MetricSummary, arm_name: str) -> Effect
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How a metric is named and printed: ``label``, decimals, better direction (None: neither)."""
+    """How a metric is named and printed: ``label``, decimals, better direction (None: neither), sort
+    position, and the range its values can take (``low``/``high``, None: unbounded), to which confidence
+    intervals are clipped (an FID cannot be negative, a bit accuracy cannot exceed 1)."""
 
     label: str
     digits: int | None  # None: 4 significant digits
     higher_is_better: bool | None
     order: int
+    low: float | None = None
+    high: float | None = None
 
 
 _KNOWN_METRICS: dict[str, MetricInfo] = {
-    "fid": MetricInfo("FID", 2, False, 0),
+    "fid": MetricInfo("FID", 2, False, 0, low=0.0),
+    # The unbiased KID estimator can be slightly negative; it has no bound.
     "kid": MetricInfo("KID", 4, False, 1),
-    "clip_score": MetricInfo("CLIP score", 2, True, 2),
-    "tokenizer_psnr": MetricInfo("tokenizer PSNR (dB)", 2, True, 3),
-    "tokenizer_ssim": MetricInfo("tokenizer SSIM", 4, True, 4),
-    "train_loss": MetricInfo("final training loss", 4, False, 7),
-    "seconds": MetricInfo("wall-clock (s)", 1, False, 9),
-    "steps": MetricInfo("steps", 0, None, 10),
+    "clip_score": MetricInfo("CLIP score", 2, True, 2, low=0.0, high=100.0),
+    "tokenizer_psnr": MetricInfo("tokenizer PSNR (dB)", 2, True, 3, low=0.0),
+    "tokenizer_ssim": MetricInfo("tokenizer SSIM", 4, True, 4, low=-1.0, high=1.0),
+    "codebook_utilisation": MetricInfo("tokenizer codebook use (fraction)", 4, None, 4, low=0.0, high=1.0),
+    "bit_entropy": MetricInfo("tokenizer mean bit entropy (bits)", 4, True, 4, low=0.0, high=1.0),
+    "tokens_per_image": MetricInfo("tokens per image", 0, None, 4, low=0.0),
+    "val_loss": MetricInfo("final generator validation loss (nats/bit)", 4, False, 7, low=0.0),
+    "train_loss": MetricInfo("final generator training loss (nats/bit)", 4, False, 7, low=0.0),
+    "tokenizer_train_l1": MetricInfo("final tokenizer training L1", 4, False, 7, low=0.0),
+    "sampling_seconds_per_image": MetricInfo("sampling time per image (s)", 3, False, 9, low=0.0),
+    "seconds": MetricInfo("wall-clock, all stages (s)", 1, False, 9, low=0.0),
+    "steps": MetricInfo("generator steps", 0, None, 10, low=0.0),
 }
 
 
@@ -473,8 +502,8 @@ def metric_info(metric: str) -> MetricInfo:
     m = PER_SCALE_TAG.match(metric)
     if m and not m["prefix"]:
         if m["metric"] == "psnr":
-            return MetricInfo(f"PSNR after scale {m['k']} (dB)", 2, True, 5)
-        return MetricInfo(f"bit accuracy, scale {m['k']}", 4, True, 6)
+            return MetricInfo(f"PSNR after scale {m['k']} (dB)", 2, True, 5, low=0.0)
+        return MetricInfo(f"bit accuracy, scale {m['k']}", 4, True, 6, low=0.0, high=1.0)
     return MetricInfo(metric, None, None, 8)
 
 
@@ -522,7 +551,7 @@ def format_summary(s: MetricSummary) -> str:
 
 def format_effect(e: Effect) -> str:
     """``Δ +1.23, p = 0.004: outside seed noise (better)``, or the reason there is no test."""
-    if e.difference is None:
+    if e.difference is None or e.verdict == SHARED_VERDICT:
         return e.verdict
     digits = metric_info(e.metric).digits
     delta = (
@@ -634,7 +663,7 @@ def compare(
 
 def arm_colors(arms: Sequence[str]) -> dict[str, Any]:
     """One matplotlib colour per arm (tab10, then tab20), stable for a given arm order."""
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
     return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
 
@@ -676,7 +705,7 @@ def metric_figure(comp: Comparison, metrics: Sequence[str]):
     ]
     if not metrics:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     pos, ticks, labels, named = arm_positions(comp.values)
     colors = arm_colors(comp.arms)
     cols = min(3, len(metrics))
@@ -733,7 +762,7 @@ def per_scale_figure(comp: Comparison):
             groups.setdefault(match["metric"], []).append((int(match["k"]), m))
     if not groups:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     colors = arm_colors(comp.arms)
@@ -822,7 +851,7 @@ def curve_figures(comp: Comparison, max_panels: int = 24) -> list[tuple[str, Any
     panels = sorted(series)
     if not panels:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     colors = arm_colors(comp.arms)
@@ -917,6 +946,7 @@ def sample_grid(comp: Comparison, max_rows: int = 8, max_seeds_per_arm: int = 3)
 # ---------------------------------------------------------------------------------------------------------
 
 _EXTRA_CSS = """
+div.scroll { overflow-x: auto; max-width: 100%; }
 td.fail, li.fail { color: #a00; }
 td.out { font-weight: 600; }
 pre.err { background: #fff4f4; border: 1px solid #e0b4b4; padding: 6px; white-space: pre-wrap; font-size: 0.8em; }
@@ -930,12 +960,14 @@ _TEST_STATEMENT = (
     "variances (scipy.stats.ttest_ind, equal_var=False) of the arm's per-seed values against the "
     f"baseline's; 'outside seed noise' when p < {ALPHA:g}, else 'within seed noise'. No correction for "
     "testing many metrics and arms: expect about one false 'outside' in twenty tests. No test when an arm "
-    "has fewer than 2 seeds or neither arm varies."
+    "has fewer than 2 seeds or neither arm varies, and none when an arm has the baseline's value for "
+    "every seed (both read one shared stage, e.g. the same tokenizer)."
 )
 
 _STATS_STATEMENT = (
     "Cells: mean ± standard deviation over seeds (n − 1) [95 % confidence interval of the mean, Student t "
-    "with n − 1 degrees of freedom] (n = seeds with a number). One seed: the value alone, no interval. "
+    "with n − 1 degrees of freedom, cut to the metric's range, e.g. FID ≥ 0] (n = seeds with a number). "
+    "One seed: the value alone, no interval. "
     "Failed seeds are left out. KID intervals are over seeds; a run's own KID ± subset std is in the runs "
     "table, and left out there when its subsets were the whole set."
 )
@@ -967,7 +999,7 @@ def _run_cell(r: StudyRecord, metric: str) -> str:
 
 
 def _value_text(value: Any) -> str:
-    return "–" if value is None else _short(value)
+    return "–" if value is None else short_value(value)
 
 
 class _Page:
@@ -987,16 +1019,20 @@ class _Page:
         self.md += [text, ""]
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]], classes=None) -> None:
-        self.h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+        self.h.append(
+            "<div class='scroll'><table><tr>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in header)
+            + "</tr>"
+        )
         for i, row in enumerate(rows):
             cls = classes[i] if classes else [""] * len(row)
             self.h.append(
                 "<tr>" + "".join(f"<td class='{c}'>{html.escape(v)}</td>" for v, c in zip(row, cls)) + "</tr>"
             )
-        self.h.append("</table>")
-        self.md.append("| " + " | ".join(_md_cell(c) for c in header) + " |")
+        self.h.append("</table></div>")
+        self.md.append("| " + " | ".join(md_cell(c) for c in header) + " |")
         self.md.append("|" + "|".join("---" for _ in header) + "|")
-        self.md += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
+        self.md += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
         self.md.append("")
 
     def picture(self, caption: str, png: bytes, filename: str) -> None:
@@ -1126,21 +1162,19 @@ def write_comparison(
     if fig is not None:
         page.picture(
             f"Headline metrics against {variable} (95 % CI error bars; n=1: no bar)",
-            _figure_png(fig),
+            figure_png(fig),
             "metrics.png",
         )
     else:
         page.para("No headline metric has numbers.")
     fig = per_scale_figure(comp)
     if fig is not None:
-        page.picture(
-            "Per-scale PSNR and bit accuracy (95 % CI error bars)", _figure_png(fig), "per_scale.png"
-        )
+        page.picture("Per-scale PSNR and bit accuracy (95 % CI error bars)", figure_png(fig), "per_scale.png")
 
     page.heading("Training curves")
     curves = curve_figures(comp)
     for i, (caption, fig) in enumerate(curves):
-        page.picture(caption, _figure_png(fig), f"curves_{i}.png")
+        page.picture(caption, figure_png(fig), f"curves_{i}.png")
     if not curves:
         page.para("No TensorBoard scalars found in the records' run folders.")
 
@@ -1195,12 +1229,7 @@ def write_comparison(
             ["arm", "seed", "field", "value"], per_run_rows, [["", "", "", "small"]] * len(per_run_rows)
         )
 
-    doc = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>\n"
-        + "\n".join(page.h)
-        + "\n</body></html>\n"
-    )
+    doc = html_page(title, page.h, _EXTRA_CSS)
     html_path, md_path = out / "comparison.html", out / "comparison.md"
     html_path.write_text(doc, encoding="utf-8")
     md_path.write_text("\n".join(page.md) + "\n", encoding="utf-8")
@@ -1211,14 +1240,14 @@ def _sample_table(page: _Page, grid: SampleGrid, size: int) -> None:
     arms = list(dict.fromkeys(a for a, _ in grid.columns))
     spans = [sum(1 for a, _ in grid.columns if a == arm) for arm in arms]
     page.h.append(
-        "<table><tr><th rowspan='2'>prompt (image seed)</th>"
+        "<div class='scroll'><table><tr><th rowspan='2'>prompt (image seed)</th>"
         + "".join(f"<th class='arm' colspan='{n}'>{html.escape(a)}</th>" for a, n in zip(arms, spans))
         + "</tr><tr>"
         + "".join(f"<th>seed {s}</th>" for _, s in grid.columns)
         + "</tr>"
     )
     header = [f"{a} / seed {s}" for a, s in grid.columns]
-    page.md.append("| prompt (image seed) | " + " | ".join(_md_cell(c) for c in header) + " |")
+    page.md.append("| prompt (image seed) | " + " | ".join(md_cell(c) for c in header) + " |")
     page.md.append("|---|" + "|".join("---" for _ in header) + "|")
     for r, (prompt, seed, paths) in enumerate(grid.rows):
         label = prompt if seed is None else f"{prompt} ({seed})"
@@ -1228,7 +1257,7 @@ def _sample_table(page: _Page, grid: SampleGrid, size: int) -> None:
                 h_cells.append("<td>–</td>")
                 md_cells.append("–")
                 continue
-            png = _thumbnail_png(path, size)
+            png = thumbnail_png(path, size)
             filename = f"sample_{r}_{c}.png"
             (page.assets / filename).write_bytes(png)
             b64 = base64.b64encode(png).decode("ascii")
@@ -1239,8 +1268,8 @@ def _sample_table(page: _Page, grid: SampleGrid, size: int) -> None:
             )
             md_cells.append(f"![{path.name}](assets/{filename})")
         page.h.append(f"<tr><td class='small'>{html.escape(label)}</td>{''.join(h_cells)}</tr>")
-        page.md.append(f"| {_md_cell(label)} | " + " | ".join(md_cells) + " |")
-    page.h.append("</table>")
+        page.md.append(f"| {md_cell(label)} | " + " | ".join(md_cells) + " |")
+    page.h.append("</table></div>")
     page.md.append("")
 
 

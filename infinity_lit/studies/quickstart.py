@@ -32,6 +32,7 @@ from infinity_lit.evaluation.report import make_report
 from infinity_lit.evaluation.scoring import write_metrics_json
 
 from . import stages
+from .spec import EvaluationSettings
 from .stages import log
 
 #: The shipped recipes the quickstart trains with (names for ``recipes.recipe_path``).
@@ -66,15 +67,24 @@ def _evaluate(
     recon = stages.reconstruction(
         tok_ckpt, data_dir, eval_dir / "tokenizer", num_eval_images, inception_weights
     )
+    # The study stages' evaluation, with the quickstart's settings.
+    settings = EvaluationSettings(
+        split="val",
+        num_images=num_eval_images,
+        cfg=cfg,
+        tau=tau,
+        seed=seed,
+        clip_weights=str(clip_weights) if clip_weights is not None else None,
+        inception_weights=str(inception_weights) if inception_weights is not None else None,
+    )
     rows: dict[str, dict] = {}
     for name, ckpt in (
         ("samples", gen_ckpt),
         ("untrained", stages.untrained_twin(gen_ckpt, eval_dir / "untrained.ckpt", seed)),
     ):
         log(f"eval: sampling and scoring the held-out captions ({name})")
-        rows[name] = stages.sample_and_score(
-            ckpt, eval_dir / name, data_dir, num_eval_images, cfg, tau, seed, clip_weights, inception_weights
-        )
+        stages.sample(ckpt, eval_dir / name, data_dir, settings)
+        rows[name] = stages.score(eval_dir / name, eval_dir / name, data_dir, settings)
     return recon, rows
 
 

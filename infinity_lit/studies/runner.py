@@ -9,7 +9,8 @@
       <arm>/seed_<s>/recon/                reconstruction metrics of the tokenizer (held-out split)
       <arm>/seed_<s>/samples/              one sample per held-out caption (PNGs + metadata.jsonl)
       <arm>/seed_<s>/score/                FID / KID / CLIP score of those samples (metrics.json)
-      report/                              the comparison (report.html, report.md)
+      <arm>/seed_<s>/hparams/              TensorBoard HParams session: studied variable + final metrics
+      report/                              the comparison (comparison.html, comparison.md, assets/, records.json)
 
 Each stage has a key (``spec.stage_key``: its stacked config, seed, data and upstream keys). The first
 (arm, seed) in spec order that needs a key computes it in its own folder; every other (arm, seed) with
@@ -470,24 +471,49 @@ def _last_values(logdir: Path) -> dict[str, float]:
     return {tag: series[-1][1] for tag, series in read_scalars(logdir).items() if series}
 
 
+def _tokens_per_image(tokenizer_run: Path) -> int | None:
+    """Σ h·w over the tokenizer's scale schedule, from the config its fit saved (None if absent)."""
+    config = tokenizer_run / "config.yaml"
+    if not config.is_file():
+        return None
+    schedule = (
+        ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model") or {})
+        .get("tokenizer", {})
+        .get("scale_schedule")
+    )
+    return sum(int(h) * int(w) for h, w in schedule) if schedule else None
+
+
 def _fingerprint(score: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The settings a score depends on (the comparison refuses to pool scores whose fingerprints differ)."""
+    """The settings a score depends on (the comparison refuses to pool scores whose fingerprints differ).
+
+    Content, not places: the reference split by the SHA-256 of its decoded pixels, the Inception (and
+    CLIP) weights by the SHA-256 of their files, so a study folder or an environment that moved still
+    compares, and a changed file does not.
+    """
     sampling = score.get("sampling", {})
-    inception = score.get("weights", {}).get("inception")
-    inception_file = Path(inception) if inception else None
+    weights = score.get("weights", {})
+    settings = score.get("settings", {})
+    ref = score.get("reference_content", {})
+    gen = score.get("generated_content", {})
+    reference = dict(score.get("reference") or {})
+    reference.pop("path", None)  # where the shards lie is not what they hold
     return {
-        "reference": score.get("reference"),
-        "reference_fingerprint": score.get("reference_fingerprint"),
+        "reference": reference,
+        "reference_sha256": ref.get("sha256"),
+        "reference_format": ref.get("format"),
+        "reference_sizes": ref.get("sizes"),
+        "generated_format": gen.get("format"),
+        "generated_sizes": gen.get("sizes"),
         "num_images": score.get("num_images"),
         "num_reference_images": score.get("num_reference_images"),
+        "inception_resize": settings.get("inception_resize"),
+        "inception_weights_sha256": weights.get("inception_sha256"),
+        "clip_weights_sha256": weights.get("clip_sha256"),
         "sampling": {k: v for k, v in sampling.items() if k not in ("checkpoint", "tokenizer_checkpoint")},
         "checkpoint": sampling.get("checkpoint"),
         "tokenizer_checkpoint": sampling.get("tokenizer_checkpoint"),
-        "inception_weights": inception,
-        "inception_weights_bytes": inception_file.stat().st_size
-        if inception_file and inception_file.is_file()
-        else None,
-        "kid": score.get("settings", {}).get("kid_subsets"),
+        "kid": settings.get("kid_subsets"),
         "evaluation": evaluation,
     }
 
@@ -529,9 +555,16 @@ def collect_records(out: str | Path, study: Study | None = None) -> list[dict[st
         for tag, v in gen.items():
             if tag.startswith("val/bit_acc_scale_"):
                 metrics[tag.split("/", 1)[1]] = v
+        metrics["codebook_utilisation"] = tok.get("val/codebook_utilisation")
+        metrics["bit_entropy"] = tok.get("val/bit_entropy_mean")
+        metrics["tokens_per_image"] = _tokens_per_image(base / "tokenizer" / runs.STAGE_RUN)
         metrics["val_loss"] = gen.get("val/loss")
         metrics["train_loss"] = gen.get("train/loss")
         metrics["tokenizer_train_l1"] = tok.get("train/l1")
+        samples_done = runs.read_done(base / "samples") or {}
+        if samples_done.get("written") and samples_done.get("seconds") is not None:
+            # Wall-clock of the sample stage (loading included) per image it wrote.
+            metrics["sampling_seconds_per_image"] = samples_done["seconds"] / samples_done["written"]
         stage_seconds = [row["stages"][s]["seconds"] for s in STAGES]
         metrics["seconds"] = sum(s for s in stage_seconds if s is not None)
         gen_done = runs.read_done(base / "generator") or {}
@@ -552,8 +585,47 @@ def collect_records(out: str | Path, study: Study | None = None) -> list[dict[st
     return records
 
 
+#: TensorBoard run of an (arm, seed) that holds its HParams session (studied variable + final metrics).
+HPARAMS_RUN = "hparams"
+
+
+def write_hparams(out: Path, study: Study, records: Sequence[dict[str, Any]]) -> None:
+    """One TensorBoard HParams session per finished (arm, seed), in ``OUT/<arm>/seed_<s>/hparams/``.
+
+    Its hyper-parameters are the arm, the seed and the studied variable (a number when the arm's value is
+    one); its metrics the (arm, seed)'s final numbers (FID, KID, PSNR, …). ``tensorboard --logdir OUT``
+    then shows one HParams row per (arm, seed) beside the overlaid curves of every fit. Rewritten (not
+    appended to) each time the report is built.
+    """
+    import shutil
+
+    from infinity_lit.training.callbacks import log_hparams_with_metrics
+
+    from .compare import AUXILIARY_METRICS, is_number
+
+    for record in records:
+        if record.get("status") != "done":
+            continue
+        folder = out / run_folder(record["arm"], record["seed"]) / HPARAMS_RUN
+        shutil.rmtree(folder, ignore_errors=True)
+        value = record["value"]
+        hparams = {
+            "arm": record["arm"],
+            "seed": record["seed"],
+            study.variable: value if is_number(value) else str(value),
+        }
+        metrics = {
+            f"study/{k}": v
+            for k, v in record["metrics"].items()
+            if k not in AUXILIARY_METRICS and is_number(v)
+        }
+        if metrics:
+            log_hparams_with_metrics(folder, hparams, metrics)
+
+
 def write_report(out: str | Path, study: Study | None = None) -> tuple[Path, Path]:
-    """The comparison page of a study's output folder (``OUT/report/comparison.html`` + ``.md``).
+    """The comparison page of a study's output folder (``OUT/report/comparison.html`` + ``.md``, the
+    records behind it in ``OUT/report/records.json``) and the HParams sessions (``write_hparams``).
 
     Raises:
         ValueError: no finished or failed (arm, seed) yet, or evaluation fingerprints that differ.
@@ -565,6 +637,11 @@ def write_report(out: str | Path, study: Study | None = None) -> tuple[Path, Pat
     records = collect_records(out, study)
     if not records:
         raise ValueError(f"{out}: no (arm, seed) has finished yet; see 'infinity-lit study status {out}'")
+    write_hparams(out, study, records)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    # The numbers behind the page, one record per (arm, seed), for one's own analysis.
+    runs.atomic_write_text(report / "records.json", json.dumps(records, indent=2, default=str) + "\n")
     return write_comparison(
         records,
         out / "report",

@@ -154,39 +154,6 @@ def reconstruction(
     )
 
 
-def sample_and_score(
-    checkpoint: Path,
-    folder: Path,
-    data_dir: Path,
-    num_images: int | None,
-    cfg: float,
-    tau: float,
-    seed: int,
-    clip_weights: Path | None,
-    inception_weights: Path | None,
-) -> dict:
-    """One sample per held-out caption into ``folder``, scored against the held-out images."""
-    from infinity_lit.evaluation.sampling import sample_checkpoint
-    from infinity_lit.evaluation.scoring import score_folder
-
-    sample_checkpoint(
-        checkpoint=checkpoint,
-        out=folder,
-        captions_from=data_dir,
-        num_images=num_images,
-        seed=seed,
-        cfg=cfg,
-        tau=tau,
-    )
-    return score_folder(
-        generated=folder,
-        reference=data_dir,
-        max_reference=num_images,
-        inception_weights=inception_weights,
-        clip_weights=clip_weights,
-    )
-
-
 def prepare_data(folder: Path, data: DataSettings) -> Path:
     """The shards of a study: ``data.dir`` as it is, or OpenMoji built once under ``folder``."""
     if data.dir is not None:

@@ -16,10 +16,13 @@ from PIL import Image
 from infinity_lit.evaluation.images import read_metadata
 from infinity_lit.evaluation.sampling import sample_to_folder
 from infinity_lit.studies.compare import (
+    SHARED_VERDICT,
     StudyRecord,
     check_fingerprints,
     compare,
     curve_figures,
+    effect,
+    format_effect,
     format_summary,
     sample_grid,
     summarize,
@@ -88,6 +91,38 @@ def test_welch_p_value_unequal_variances_against_welch_satterthwaite():
     from scipy import stats
 
     assert stats.ttest_ind(a, b).pvalue != pytest.approx(p_hand, rel=1e-3)
+
+
+def test_intervals_are_cut_to_the_metric_range():
+    # FID 0.5, 5.0, 0.6: mean 2.0333, sd 2.5697, t-interval [-4.35, 8.42] → FID cannot be negative.
+    fid = summarize_metric(
+        [StudyRecord("a", s, metrics={"fid": v}) for s, v in enumerate([0.5, 5.0, 0.6])], "fid"
+    )
+    half = T_975_DF2 * fid.sd / math.sqrt(3)
+    assert fid.ci == pytest.approx((0.0, fid.mean + half)) and fid.mean - half < 0
+    acc = summarize_metric(
+        [StudyRecord("a", s, metrics={"bit_acc_scale_3": v}) for s, v in enumerate([0.99, 0.90, 0.999])],
+        "bit_acc_scale_3",
+    )
+    assert acc.ci[1] == 1.0 and acc.ci[0] == pytest.approx(acc.mean - T_975_DF2 * acc.sd / math.sqrt(3))
+    # KID (unbiased) may be negative: no cut.
+    kid = summarize_metric(
+        [StudyRecord("a", s, metrics={"kid": v}) for s, v in enumerate([0.0, 0.01])], "kid"
+    )
+    assert kid.ci[0] < 0
+
+
+def test_a_shared_stage_gets_no_test_but_equal_values_by_chance_do():
+    base = [StudyRecord("p00", s, metrics={"tokenizer_psnr": v}) for s, v in enumerate([20.0, 21.0, 22.0])]
+    same = [StudyRecord("p30", s, metrics={"tokenizer_psnr": v}) for s, v in enumerate([20.0, 21.0, 22.0])]
+    e = effect(summarize_metric(same, "tokenizer_psnr"), summarize_metric(base, "tokenizer_psnr"), "p30")
+    assert e.verdict == SHARED_VERDICT and e.p_value is None and format_effect(e) == SHARED_VERDICT
+    # The same numbers under other seeds are not one stage: Welch's test runs (p = 1).
+    shuffled = [
+        StudyRecord("p30", s, metrics={"tokenizer_psnr": v}) for s, v in enumerate([22.0, 20.0, 21.0])
+    ]
+    e = effect(summarize_metric(shuffled, "tokenizer_psnr"), summarize_metric(base, "tokenizer_psnr"), "p30")
+    assert e.verdict == "within seed noise" and e.p_value == pytest.approx(1.0)
 
 
 def test_welch_p_value_needs_two_seeds_and_some_variance():

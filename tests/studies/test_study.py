@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_TOKENIZER as TINY_ARCHITECTURE
+from conftest import TINY_TRANSFORMER
 
 from infinity_lit.studies.runner import STAGES, plan, run_study, status
 from infinity_lit.studies.spec import StudyError, check_deltas, load_study, stage_key
@@ -26,14 +28,7 @@ TINY_TOKENIZER = {
         "enable_model_summary": False,
     },
     "model": {
-        "tokenizer": {
-            "codebook_dim": 6,
-            "scale_schedule": [[1, 1], [2, 2], [4, 4]],
-            "base_channels": 8,
-            "channel_multipliers": [1, 2, 2, 2],
-            "num_res_blocks": 1,
-            "num_groups": 4,
-        },
+        "tokenizer": TINY_ARCHITECTURE,
         "gan_weight": 0.0,
         "perceptual_weight": 0.0,
         "num_log_images": 0,
@@ -48,7 +43,7 @@ TINY_GENERATOR = {
     "trainer": {**TINY_TOKENIZER["trainer"], "max_steps": 2},
     "model": {
         "tokenizer_checkpoint": "unset",
-        "transformer": {"depth": 1, "width": 32, "num_heads": 2},
+        "transformer": TINY_TRANSFORMER,
         "text_max_length": 8,
         "val_prompts": [],
         "optimizer": {"warmup_steps": 1, "decay_steps": 10},
@@ -222,6 +217,49 @@ def test_study_runs_shares_and_reports(finished_study):
     assert "p30" in page and "broken/seed 0" in page and "max_flip_prob" in page
     assert "data:image/png;base64," in page and "(n=2)" in md and "[" in md
     assert "± 0 " not in md and "± 0.0 " not in md
+    # p30 reads p00's tokenizer seed by seed: its PSNR is "shared", not put through a t-test.
+    psnr_row = next(line for line in md.splitlines() if line.startswith("| tokenizer PSNR (dB) |"))
+    effects = md[md.index("## Effects") :]
+    psnr_effect = next(line for line in effects.splitlines() if line.startswith("| tokenizer PSNR (dB) |"))
+    assert "(n=2)" in psnr_row and "shared with the baseline" in psnr_effect and "p =" not in psnr_effect
+
+
+def test_study_fingerprints_are_contents_and_hparams_are_one_session_per_run(finished_study):
+    import hashlib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from infinity_lit.evaluation.tensorboard import read_scalars
+    from infinity_lit.studies.runner import collect_records
+
+    _, out, _ = finished_study
+    records = [r for r in collect_records(out) if r["status"] == "done"]
+    assert len(records) == 4
+    fingerprint = records[0]["fingerprint"]
+    weights = Path(
+        json.loads((out / "p00" / "seed_0" / "score" / "metrics.json").read_text())["weights"]["inception"]
+    )
+    assert fingerprint["inception_weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert len(fingerprint["reference_sha256"]) == 64 and fingerprint["generated_sizes"] == ["32x32"]
+    assert fingerprint["generated_format"] == "PNG files" and "path" not in fingerprint["reference"]
+    # Every (arm, seed) scored against the same reference: one hash, other checkpoints.
+    assert len({r["fingerprint"]["reference_sha256"] for r in records}) == 1
+    assert len({r["fingerprint"]["checkpoint"] for r in records}) == 4
+    assert records[0]["metrics"]["tokens_per_image"] == sum(h * w for h, w in ((1, 1), (2, 2), (4, 4)))
+    # TensorBoard: one HParams session per finished (arm, seed), the studied variable as a number.
+    run = out / "p30" / "seed_1" / "hparams"
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    )
+    hp = start.session_start_info.hparams
+    assert sorted(hp) == ["arm", "max_flip_prob", "seed"]
+    assert hp["max_flip_prob"].number_value == pytest.approx(0.3) and hp["arm"].string_value == "p30"
+    fid = next(r["metrics"]["fid"] for r in records if (r["arm"], r["seed"]) == ("p30", 1))
+    assert read_scalars(run)["study/fid"] == [(0, pytest.approx(fid))]
+    assert not (out / "broken" / "seed_0" / "hparams").exists()
 
 
 def test_rerun_skips_finished_stages_and_retries_failed_ones(finished_study):

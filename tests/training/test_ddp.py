@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_TOKENIZER, TINY_TRANSFORMER
 from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,21 +46,14 @@ COMMON_TRAINER = {
     "enable_model_summary": False,
 }
 TINY_GENERATOR_MODEL = {
-    "transformer": {"depth": 1, "width": 32, "num_heads": 2},
+    "transformer": TINY_TRANSFORMER,
     "text_max_length": 8,
     "cfg_dropout": 0.5,
     "val_prompts": ["red apple", "cat face"],
     "optimizer": {"warmup_steps": 1, "decay_steps": 10},
 }
 TINY_TOKENIZER_MODEL = {
-    "tokenizer": {
-        "codebook_dim": 6,
-        "scale_schedule": [[1, 1], [2, 2], [4, 4]],
-        "base_channels": 8,
-        "channel_multipliers": [1, 2, 2, 2],
-        "num_res_blocks": 1,
-        "num_groups": 4,
-    },
+    "tokenizer": TINY_TOKENIZER,
     "perceptual_weight": 0.0,
     # The GAN on from the third step: steps without and with the discriminator, two backward passes each.
     "gan_weight": 0.1,
@@ -152,7 +146,10 @@ def _cli(model: str, args: list[str], cwd: Path) -> None:
     """``python -m infinity_lit.cli MODEL ARGS`` in a fresh process (so Lightning can start its workers)."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        # This file (RankRecord) and the tests' conftest.py (the tiny architectures it imports).
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
         # One thread per process: the two ranks share the machine.
         "OMP_NUM_THREADS": "1",
     }
