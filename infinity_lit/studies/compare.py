@@ -442,8 +442,9 @@ def effect(arm: MetricSummary, baseline: MetricSummary, arm_name: str) -> Effect
             missing = "the baseline" if baseline.mean is None else "this arm"
         return Effect(arm.metric, arm_name, None, None, f"no test: no number for {missing}")
     difference = arm.mean - baseline.mean
-    if arm.seeds == baseline.seeds and arm.values == baseline.values:
-        # Seed for seed the same number: both arms read one shared stage (e.g. one tokenizer per seed).
+    if arm.seeds == baseline.seeds and arm.values == baseline.values and len(set(arm.values)) > 1:
+        # Seed for seed the same number, varying over seeds: both arms read one shared stage (e.g. one
+        # tokenizer per seed). A constant (a step budget) is no sign of sharing; it has no variance.
         return Effect(arm.metric, arm_name, 0.0, None, SHARED_VERDICT)
     if arm.n < 2 or baseline.n < 2:
         return Effect(arm.metric, arm_name, difference, None, "no test: fewer than 2 seeds")

@@ -471,6 +471,21 @@ def _last_values(logdir: Path) -> dict[str, float]:
     return {tag: series[-1][1] for tag, series in read_scalars(logdir).items() if series}
 
 
+def relative_paths(value: Any, root: Path) -> Any:
+    """``value`` with every string that is a path under ``root`` made relative to it (in nested dicts and
+    lists), so that a study's report and records read the same wherever the study folder lies."""
+    prefixes = {str(root).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"}
+    if isinstance(value, dict):
+        return {k: relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_paths(v, root) for v in value]
+    if isinstance(value, str):
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            if value.startswith(prefix):
+                return value[len(prefix) :]
+    return value
+
+
 def _tokens_per_image(tokenizer_run: Path) -> int | None:
     """Σ h·w over the tokenizer's scale schedule, from the config its fit saved (None if absent)."""
     config = tokenizer_run / "config.yaml"
@@ -574,7 +589,7 @@ def collect_records(out: str | Path, study: Study | None = None) -> list[dict[st
                 **record,
                 "status": "done",
                 "metrics": {k: v for k, v in metrics.items() if v is not None},
-                "fingerprint": _fingerprint(score, evaluation),
+                "fingerprint": relative_paths(_fingerprint(score, evaluation), out),
                 "run_dirs": [
                     str(base / "tokenizer" / runs.STAGE_RUN),
                     str(base / "generator" / runs.STAGE_RUN),
@@ -641,7 +656,9 @@ def write_report(out: str | Path, study: Study | None = None) -> tuple[Path, Pat
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     # The numbers behind the page, one record per (arm, seed), for one's own analysis.
-    runs.atomic_write_text(report / "records.json", json.dumps(records, indent=2, default=str) + "\n")
+    runs.atomic_write_text(
+        report / "records.json", json.dumps(relative_paths(records, out), indent=2, default=str) + "\n"
+    )
     return write_comparison(
         records,
         out / "report",

@@ -123,6 +123,11 @@ def test_a_shared_stage_gets_no_test_but_equal_values_by_chance_do():
     ]
     e = effect(summarize_metric(shuffled, "tokenizer_psnr"), summarize_metric(base, "tokenizer_psnr"), "p30")
     assert e.verdict == "within seed noise" and e.p_value == pytest.approx(1.0)
+    # A budget that is the same everywhere (steps) is not a shared stage: it has no variance.
+    steps = [
+        summarize_metric([StudyRecord(a, s, metrics={"steps": 600}) for s in range(3)], "steps") for a in "ab"
+    ]
+    assert effect(steps[0], steps[1], "a").verdict == "no test: no seed variance in either arm"
 
 
 def test_welch_p_value_needs_two_seeds_and_some_variance():

@@ -246,6 +246,12 @@ def test_study_fingerprints_are_contents_and_hparams_are_one_session_per_run(fin
     # Every (arm, seed) scored against the same reference: one hash, other checkpoints.
     assert len({r["fingerprint"]["reference_sha256"] for r in records}) == 1
     assert len({r["fingerprint"]["checkpoint"] for r in records}) == 4
+    # Paths under the study folder read relative to it, in the page and in records.json.
+    p30 = next(r for r in records if (r["arm"], r["seed"]) == ("p30", 1))
+    assert p30["fingerprint"]["checkpoint"] == "p30/seed_1/generator/run/checkpoints/last.ckpt"
+    saved = (out / "report" / "records.json").read_text()
+    assert str(out) not in saved and str(out.resolve()) not in saved
+    assert "p30/seed_1/samples" in saved
     assert records[0]["metrics"]["tokens_per_image"] == sum(h * w for h, w in ((1, 1), (2, 2), (4, 4)))
     # TensorBoard: one HParams session per finished (arm, seed), the studied variable as a number.
     run = out / "p30" / "seed_1" / "hparams"
