@@ -182,15 +182,19 @@ def sample_to_folder(
     return {"written": written, "skipped": len(prompts) - written, "total": len(prompts)}
 
 
+#: Per-rank metadata files of a multi-process ``sample_to_folder`` (``rank_metadata_name``).
+RANK_METADATA_GLOB = ".metadata.rank*.jsonl"
+
+
 def rank_metadata_name(rank: int) -> str:
     """File in which rank ``rank`` of a multi-process ``sample_to_folder`` records its images."""
-    return f".metadata.rank{rank}.jsonl"
+    return RANK_METADATA_GLOB.replace("*", str(rank))
 
 
 def merge_rank_metadata(out_dir: Path) -> int:
     """Append the per-rank metadata files of ``out_dir`` to its ``metadata.jsonl`` in image order (an
     image already recorded there is not repeated) and delete them. Returns the number of records added."""
-    parts = sorted(out_dir.glob(rank_metadata_name(0).replace("0", "*")))
+    parts = sorted(out_dir.glob(RANK_METADATA_GLOB))
     if not parts:
         return 0
     known = {rec.get("index") for rec in read_metadata(out_dir)}

@@ -30,6 +30,7 @@ from infinity_lit.metrics.fid import KID_SUBSETS, check_set_sizes, fid_from_feat
 from infinity_lit.metrics.inception import (
     INCEPTION_RESIZE,
     cache_dir,
+    file_digest,
     inception_features,
     inception_weights_path,
     load_inception,
@@ -234,9 +235,9 @@ def score_generated(
         "sampling": summarize_settings(records),
         "weights": {
             "inception": str(weights_path),
-            "inception_sha256": file_sha256(weights_path),
+            "inception_sha256": file_digest(weights_path),
             "clip": str(clip_path) if clip_path else None,
-            "clip_sha256": file_sha256(clip_path) if clip_path and clip_path.is_file() else None,
+            "clip_sha256": file_digest(clip_path) if clip_path and clip_path.is_file() else None,
         },
         "metrics": {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "clip_score": clip_value},
         "settings": {
@@ -251,12 +252,6 @@ def score_generated(
         "warnings": warnings_,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file's bytes (``hashlib.file_digest``), for fingerprints of weights files."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _json_safe(value):

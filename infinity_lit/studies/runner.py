@@ -474,16 +474,23 @@ def _last_values(logdir: Path) -> dict[str, float]:
 def relative_paths(value: Any, root: Path) -> Any:
     """``value`` with every string that is a path under ``root`` made relative to it (in nested dicts and
     lists), so that a study's report and records read the same wherever the study folder lies."""
-    prefixes = {str(root).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"}
-    if isinstance(value, dict):
-        return {k: relative_paths(v, root) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [relative_paths(v, root) for v in value]
-    if isinstance(value, str):
-        for prefix in sorted(prefixes, key=len, reverse=True):
-            if value.startswith(prefix):
-                return value[len(prefix) :]
-    return value
+    # The longer prefix first: a root given relative to a resolved one, or the other way round.
+    prefixes = sorted({str(root).rstrip("/") + "/", str(Path(root).resolve()).rstrip("/") + "/"}, key=len)[
+        ::-1
+    ]
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strip(x) for x in v]
+        if isinstance(v, str):
+            for prefix in prefixes:
+                if v.startswith(prefix):
+                    return v[len(prefix) :]
+        return v
+
+    return strip(value)
 
 
 def _tokens_per_image(tokenizer_run: Path) -> int | None:
