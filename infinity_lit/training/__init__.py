@@ -3,12 +3,14 @@ learning-rate schedule, and frozen stages.
 
 lightning_cli   RunCLI, run_cli (one LightningCLI for ``infinity-lit tokenizer`` and ``generator``)
 callbacks       HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
+checkpointing   RunCheckpoint (``--checkpoint.*``: last.ckpt always the latest state, best.ckpt apart)
 optim           OptimizerConfig (``model.optimizer``: AdamW + schedule settings of both modules)
 schedules       lr_factor, warmup_cosine (the one warm-up + cosine / constant learning-rate factor)
 frozen          FrozenStages (frozen sub-modules: eval, no gradients, saved by reference)
 """
 
 from .callbacks import HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
+from .checkpointing import RunCheckpoint
 from .frozen import FrozenStages
 from .lightning_cli import RunCLI, run_cli
 from .optim import OptimizerConfig
@@ -19,6 +21,7 @@ __all__ = [
     "HParamsWithFinalMetrics",
     "OptimizerConfig",
     "RunCLI",
+    "RunCheckpoint",
     "log_hparams_with_metrics",
     "lr_factor",
     "numeric_metrics",

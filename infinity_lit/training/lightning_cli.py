@@ -1,8 +1,8 @@
 """The LightningCLI shared by ``infinity-lit tokenizer`` and ``infinity-lit generator``.
 
 Both are LightningCLI over one LightningModule and any LightningDataModule (``data: class_path: …``),
-with an always-on ``ModelCheckpoint`` (``--checkpoint.*``, keeping ``last.ckpt``, written atomically by
-Lightning), a TensorBoard logger (no ``hp_metric`` placeholder) and ``HParamsWithFinalMetrics``, so
+with an always-on ``RunCheckpoint`` (``--checkpoint.*``: ``last.ckpt`` always the latest state; with
+``--checkpoint.monitor``, a separate ``best.ckpt``; written by Lightning), a TensorBoard logger (no ``hp_metric`` placeholder) and ``HParamsWithFinalMetrics``, so
 TensorBoard's HParams tab lists every run of a parent log folder with its hyper-parameters and final
 metrics; seed 0 by default; attribute docstrings in ``--help`` / ``--print_config``.
 
@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from infinity_lit import runs
 
 from .callbacks import HParamsWithFinalMetrics
+from .checkpointing import RunCheckpoint
 
 
 def _config_files(*configs: Namespace) -> list[str]:
@@ -132,7 +132,7 @@ def _user_error(message: str) -> None:
 
 
 class RunCLI(LightningCLI):
-    """LightningCLI with an always-on ``ModelCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``, a
+    """LightningCLI with an always-on ``RunCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``, a
     top-level ``run_name`` and the run-folder layout of ``infinity_lit.runs``."""
 
     #: Subcommands offered (None: all of LightningCLI's).
@@ -146,7 +146,7 @@ class RunCLI(LightningCLI):
         return {k: v for k, v in commands.items() if k in cls.allowed_subcommands}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_argument(
             f"--{runs.RUN_NAME_KEY}",
