@@ -19,6 +19,7 @@ loading a checkpoint never runs code from the file. ``write_checkpoint`` writes 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import pickle
@@ -175,6 +176,45 @@ class Checkpoint:
             )
         return weights
 
+    @property
+    def global_step(self) -> int | None:
+        """The optimiser step the checkpoint was written at (None when it records none)."""
+        step = self.content.get("global_step")
+        return int(step) if isinstance(step, int) else None
+
+    def identity(self, use_ema: bool = True) -> dict[str, Any]:
+        """What names these weights: ``{"path", "step", "weights_sha256"}`` (absolute path, global step,
+        ``weights_digest`` of the kind's weights as ``weights(use_ema)`` returns them).
+
+        A downstream stage records it (a generator its tokenizer's, a sample folder its generator's), so a
+        file replaced by other weights under the same name is noticed instead of silently used.
+        """
+        return {
+            "path": str(self.path.resolve()),
+            "step": self.global_step,
+            "weights_sha256": weights_digest(self.weights(use_ema=use_ema)),
+        }
+
+
+def weights_digest(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 hex digest of a state dict's content: every entry's key, dtype, shape and bytes, in key order.
+
+    Two state dicts have the same digest exactly when they hold the same keys with bit-identical tensors;
+    the file around them (trainer state, optimiser moments, the order of entries) does not matter. Tensors
+    are read on the CPU (a copy for one on another device).
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(f"{key}\0".encode())
+        if isinstance(value, Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{t.dtype}{tuple(value.shape)}\0".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
 
 def read_checkpoint(path: str | Path, kind: CheckpointKind) -> Checkpoint:
     """Read a ``kind`` checkpoint (weights-only, tensors on the CPU) and check that it is one.
@@ -213,6 +253,98 @@ def read_checkpoint(path: str | Path, kind: CheckpointKind) -> Checkpoint:
             f"{str(path)!r} is not a {what} ({found}); pass a checkpoint written by '{kind.command}'"
         )
     return Checkpoint(path, kind, dict(hparams), dict(content))
+
+
+#: Top-level checkpoint entry naming the frozen stages a model was trained on (``frozen_reference``).
+FROZEN_STAGES = "frozen_stages"
+
+
+def frozen_reference(identity: Mapping[str, Any], owner_dir: str | Path | None = None) -> dict[str, Any]:
+    """The record by which a checkpoint names a frozen stage it was trained on (e.g. a generator its
+    tokenizer): the frozen checkpoint's ``Checkpoint.identity()`` plus ``relative_path``, its path relative
+    to ``owner_dir`` (the folder the owning checkpoint is written to; None: not recorded), so a run folder
+    moved together with the file it refers to still finds it. Stored as ``content["frozen_stages"][name]``.
+    """
+    record = dict(identity)
+    if owner_dir is not None:
+        record["relative_path"] = os.path.relpath(record["path"], Path(owner_dir).resolve())
+    return record
+
+
+def locate_frozen(
+    owner: Checkpoint,
+    stage: str,
+    kind: CheckpointKind,
+    stored_path: str | Path | None,
+    override: str | Path | None = None,
+    option: str = "--tokenizer_checkpoint",
+) -> Checkpoint:
+    """Find the ``kind`` checkpoint that ``owner`` was trained on and check that it holds those weights.
+
+    Looked for, in this order: ``override`` alone when given; else the path recorded relative to the
+    owner's folder, the recorded absolute path, and ``stored_path`` (the hyper-parameter, which may be
+    relative to the working directory of training). The first file whose ``weights_digest`` equals the
+    recorded one is returned. A checkpoint written before references were recorded (no
+    ``frozen_stages`` entry) is not checked: the first existing file is returned.
+
+    Args:
+        owner: the checkpoint that refers to the frozen stage.
+        stage: its name in ``owner.content["frozen_stages"]`` ("tokenizer").
+        kind: the frozen stage's checkpoint kind.
+        stored_path: the path in the owner's hyper-parameters.
+        override: a path given by the user instead (a ``.ckpt`` or its run folder).
+        option: the option that passes ``override``, for messages.
+
+    Raises:
+        FileNotFoundError: no file at any of the paths (the message names them and ``option``).
+        CheckpointError: the files found hold other weights (the message names the owner, the files, the
+            recorded step and digest, and ``option``), or one of them is not a ``kind`` checkpoint.
+    """
+    frozen = owner.content.get(FROZEN_STAGES)
+    reference = frozen.get(stage) if isinstance(frozen, Mapping) else None
+    reference = reference if isinstance(reference, Mapping) else None
+    if override is not None:
+        candidates = [Path(override)]
+    else:
+        candidates = []
+        if reference is not None and reference.get("relative_path"):
+            candidates.append(owner.path.parent / reference["relative_path"])
+        if reference is not None and reference.get("path"):
+            candidates.append(Path(reference["path"]))
+        if stored_path is not None:
+            candidates.append(Path(stored_path))
+    seen: set[Path] = set()
+    tried: list[str] = []
+    for candidate in candidates:
+        key = candidate.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        if not candidate.exists():
+            tried.append(f"{candidate} (missing)")
+            continue
+        found = read_checkpoint(candidate, kind)
+        if reference is None:
+            return found
+        digest = weights_digest(found.weights())
+        if digest == reference.get("weights_sha256"):
+            return found
+        tried.append(f"{found.path} (other weights: step {found.global_step}, sha256 {digest[:12]}…)")
+    expected = (
+        f"the {kind.name} {reference.get('path')} at step {reference.get('step')} (weights sha256 "
+        f"{str(reference.get('weights_sha256'))[:12]}…)"
+        if reference is not None
+        else f"the {kind.name} {stored_path}"
+    )
+    if all(t.endswith("(missing)") for t in tried):
+        raise FileNotFoundError(
+            f"{owner.path} was trained on {expected}, which is not at {', '.join(t[:-10] for t in tried)}; "
+            f"pass {option} PATH with that {kind.name} checkpoint (or its run folder)"
+        )
+    raise CheckpointError(
+        f"{owner.path} was trained on {expected}, but {'; '.join(tried)}; pass {option} PATH with the "
+        f"{kind.name} it was trained on (a generator on other tokenizer weights decodes other images)"
+    )
 
 
 # ---------------------------------------------------------------------------------------- writing

@@ -293,7 +293,11 @@ def sample_checkpoint(
 
     settings = {
         "checkpoint": str(checkpoint),
+        # What the weights are, not only where they were: a file replaced by another model is refused.
+        "checkpoint_step": gen.identity["step"],
+        "generator_weights_sha256": gen.identity["weights_sha256"],
         "tokenizer_checkpoint": str(tokenizer_checkpoint or gen.hparams.get("tokenizer_checkpoint")),
+        "tokenizer_weights_sha256": gen.tokenizer_identity["weights_sha256"],
         "use_ema": use_ema,
         "cfg": cfg,
         "tau": tau,

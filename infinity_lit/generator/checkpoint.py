@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from infinity_lit.checkpoints import GENERATOR, read_checkpoint
+from infinity_lit.checkpoints import GENERATOR, TOKENIZER, locate_frozen, read_checkpoint
 from infinity_lit.tokenizer import BitwiseTokenizer, load_tokenizer
 
 from .text_encoders import TextEncoder, build_text_encoder
@@ -27,12 +27,16 @@ class LoadedGenerator(NamedTuple):
         tokenizer: the frozen ``BitwiseTokenizer`` named by the checkpoint.
         text_encoder: the frozen text encoder named by the checkpoint.
         hparams: the checkpoint's hyper-parameters.
+        identity: path, step and weights digest of the generator (``Checkpoint.identity``).
+        tokenizer_identity: the same for the tokenizer that was loaded.
     """
 
     model: BitwiseTransformer
     tokenizer: BitwiseTokenizer
     text_encoder: TextEncoder
     hparams: dict[str, Any]
+    identity: dict[str, Any]
+    tokenizer_identity: dict[str, Any]
 
 
 def load_generator(
@@ -45,8 +49,10 @@ def load_generator(
     """Rebuild a trained generator from a ``GeneratorModule`` checkpoint (no Lightning import).
 
     The checkpoint (read by ``infinity_lit.checkpoints``: weights-only) holds the transformer's weights; the
-    tokenizer and the text encoder are loaded from the references in its hyper-parameters (overridable,
-    e.g. after moving files).
+    tokenizer and the text encoder are loaded from the references in it (overridable, e.g. after moving
+    files). The tokenizer is looked for beside the checkpoint (the path recorded relative to its folder),
+    at its absolute path, then at the hyper-parameter's path (``checkpoints.locate_frozen``), and must hold
+    the weights the generator was trained on (their recorded digest).
 
     Args:
         path: a ``.ckpt`` from ``infinity-lit generator fit``, or its run folder (which stands for
@@ -57,13 +63,18 @@ def load_generator(
         text_encoder_path: override of the text encoder path stored in the checkpoint.
 
     Raises:
-        FileNotFoundError: no file at ``path`` (or at the tokenizer path).
+        FileNotFoundError: no file at ``path``, or the tokenizer at none of its paths (the message names
+            ``--tokenizer_checkpoint``).
         ValueError: (``infinity_lit.checkpoints.CheckpointError``) a truncated or corrupt file, not a
-            generator checkpoint, or a tokenizer that does not fit the transformer.
+            generator checkpoint, a tokenizer file holding other weights than the generator was trained
+            on, or a tokenizer that does not fit the transformer.
     """
     ckpt = read_checkpoint(path, GENERATOR)
     hp = ckpt.hyper_parameters
-    tokenizer = load_tokenizer(tokenizer_checkpoint or hp["tokenizer_checkpoint"], map_location=map_location)
+    tokenizer_source = locate_frozen(
+        ckpt, "tokenizer", TOKENIZER, hp.get("tokenizer_checkpoint"), override=tokenizer_checkpoint
+    )
+    tokenizer = load_tokenizer(tokenizer_source, map_location=map_location)
     text_encoder = build_text_encoder(
         hp.get("text_encoder", "minilm"),
         text_encoder_path if text_encoder_path is not None else hp.get("text_encoder_path"),
@@ -75,4 +86,6 @@ def load_generator(
     model = BitwiseTransformer(config)
     model.load_state_dict(ckpt.weights(use_ema=use_ema))
     model.to(map_location).eval().requires_grad_(False)
-    return LoadedGenerator(model, tokenizer, text_encoder, hp)
+    return LoadedGenerator(
+        model, tokenizer, text_encoder, hp, ckpt.identity(use_ema=use_ema), tokenizer_source.identity()
+    )

@@ -47,6 +47,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from infinity_lit.checkpoints import (
+    FROZEN_STAGES,
+    TOKENIZER,
+    CheckpointError,
+    frozen_reference,
+    read_checkpoint,
+)
 from infinity_lit.tokenizer import load_tokenizer
 from infinity_lit.training.callbacks import epoch_means, log_epoch_means
 from infinity_lit.training.frozen import FrozenStages
@@ -155,7 +162,11 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
             val_prompts = list(DEFAULT_VAL_PROMPTS)
 
         # Frozen stages first: their values complete the transformer config.
-        self.tokenizer = load_tokenizer(tokenizer_checkpoint)
+        tokenizer_source = read_checkpoint(tokenizer_checkpoint, TOKENIZER)
+        self.tokenizer = load_tokenizer(tokenizer_source)
+        #: Path, step and weights digest of the tokenizer, recorded in every checkpoint (``frozen_stages``).
+        self.tokenizer_identity = tokenizer_source.identity()
+        del tokenizer_source
         self.text_encoder = build_text_encoder(
             text_encoder, text_encoder_path, text_max_length, cache=text_cache, cache_dir=text_cache_dir
         )
@@ -365,6 +376,37 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
                 return wrapper(*args)
         finally:
             self.__dict__.pop("forward", None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the tokenizer by its path (absolute and relative to the checkpoint folder), step and weights
+        digest (``checkpoints.frozen_reference``), so ``load_generator`` finds it from anywhere and notices
+        a file replaced by other weights."""
+        callback = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        owner_dir = getattr(callback, "dirpath", None)
+        checkpoint[FROZEN_STAGES] = {"tokenizer": frozen_reference(self.tokenizer_identity, owner_dir)}
+        super().on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume on other tokenizer weights than the run was trained on.
+
+        Raises:
+            CheckpointError: the recorded tokenizer digest differs from that of ``tokenizer_checkpoint``.
+        """
+        frozen = checkpoint.get(FROZEN_STAGES)
+        recorded = frozen.get("tokenizer") if isinstance(frozen, Mapping) else None
+        if (
+            isinstance(recorded, Mapping)
+            and recorded.get("weights_sha256") != self.tokenizer_identity["weights_sha256"]
+        ):
+            raise CheckpointError(
+                f"this generator run was trained on the tokenizer {recorded.get('path')} at step "
+                f"{recorded.get('step')} (weights sha256 {str(recorded.get('weights_sha256'))[:12]}…), but "
+                f"model.tokenizer_checkpoint {self.tokenizer_identity['path']} holds other weights (step "
+                f"{self.tokenizer_identity['step']}, sha256 {self.tokenizer_identity['weights_sha256'][:12]}…); "
+                "pass --model.tokenizer_checkpoint with the tokenizer it was trained on, or start a new run"
+            )
+        super().on_load_checkpoint(checkpoint)
 
     def on_validation_epoch_end(self) -> None:
         prompts = self.hparams.val_prompts

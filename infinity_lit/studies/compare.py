@@ -55,8 +55,17 @@ DONE, FAILED = "done", "failed"
 
 #: Fingerprint fields that are expected to differ between runs and are never compared (matched against the
 #: last component of a dotted key, so ``sampling.checkpoint`` is one too): each (arm, seed) evaluates its
-#: own checkpoint.
-PER_RUN_FIELDS: frozenset[str] = frozenset({"checkpoint", "tokenizer_checkpoint", "generator_checkpoint"})
+#: own checkpoint (named by path, step and weights digest).
+PER_RUN_FIELDS: frozenset[str] = frozenset(
+    {
+        "checkpoint",
+        "tokenizer_checkpoint",
+        "generator_checkpoint",
+        "checkpoint_step",
+        "generator_weights_sha256",
+        "tokenizer_weights_sha256",
+    }
+)
 
 #: Metric keys that describe another metric rather than being one; never averaged.
 AUXILIARY_METRICS: frozenset[str] = frozenset({"kid_std", "kid_subsets_whole_set"})

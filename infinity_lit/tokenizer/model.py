@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from infinity_lit.checkpoints import TOKENIZER, read_checkpoint
+from infinity_lit.checkpoints import TOKENIZER, Checkpoint, read_checkpoint
 from infinity_lit.quantizer import MultiScaleBSQ, MultiScaleOutput, ScaleSchedule, validate_schedule
 
 from .networks import Decoder, Encoder, stride_of
@@ -311,7 +311,7 @@ class BitwiseTokenizer(nn.Module):
 
 
 def load_tokenizer(
-    path: str | Path, map_location: str | torch.device = "cpu", use_ema: bool = True
+    path: str | Path | Checkpoint, map_location: str | torch.device = "cpu", use_ema: bool = True
 ) -> BitwiseTokenizer:
     """Rebuild a frozen ``BitwiseTokenizer`` from a ``TokenizerModule`` Lightning checkpoint.
 
@@ -322,7 +322,7 @@ def load_tokenizer(
 
     Args:
         path: a ``.ckpt`` written by ``infinity-lit tokenizer fit``, or its run folder (which stands for
-            ``checkpoints/last.ckpt``).
+            ``checkpoints/last.ckpt``), or such a checkpoint already read (``read_checkpoint``).
         map_location: device for the weights.
         use_ema: prefer the EMA weights when the checkpoint has both.
 
@@ -334,7 +334,7 @@ def load_tokenizer(
         ValueError: (``infinity_lit.checkpoints.CheckpointError``) a truncated or corrupt file, or not a
             tokenizer checkpoint (no tokenizer hyper-parameters / weights).
     """
-    ckpt = read_checkpoint(path, TOKENIZER)
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, TOKENIZER)
     weights = ckpt.weights(use_ema=use_ema)
     tokenizer = BitwiseTokenizer(TokenizerConfig.from_dict(ckpt.hyper_parameters["tokenizer"]))
     tokenizer.load_state_dict(weights)
