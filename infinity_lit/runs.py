@@ -7,6 +7,7 @@ runs/<model>/<name>/                 ``infinity-lit MODEL fit`` with ``run_name:
 <run>/eval/<what>/                   the run's evaluation outputs (``eval/configs``: samples, metrics.json)
 OUT/<model>/run/                     a study's or the quickstart's training run of one stage
 OUT/<stage>/DONE.json                the marker of a finished stage (what it produced, how long it took)
+OUT/<stage>.stale-<n>/               a stage set aside because its inputs changed (``set_aside``)
 
 A run's name is the recipe's top-level ``run_name`` (``--run_name``), by default the stem of the first
 ``--config`` file. Wherever a checkpoint is asked for, a run folder stands for its
@@ -193,6 +194,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+#: Suffix of a stage folder set aside because its inputs changed (``set_aside``): ``<stage>.stale-<n>``.
+STALE = ".stale-"
+
+
+def set_aside(folder: str | Path) -> Path:
+    """Rename ``folder`` to ``<folder>.stale-<n>`` (the first free n ≥ 1), keeping everything in it, so a
+    stage whose inputs changed reruns in a fresh folder without losing what was computed. Returns the new
+    path."""
+    folder = Path(folder)
+    n = 1
+    while (aside := folder.with_name(f"{folder.name}{STALE}{n}")).exists():
+        n += 1
+    folder.rename(aside)
+    return aside
 
 
 def read_done(stage_dir: str | Path) -> dict[str, Any] | None:

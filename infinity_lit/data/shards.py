@@ -47,6 +47,7 @@ __all__ = [
     "resize_center_crop",
     "reusable_manifest",
     "save_grid",
+    "shards_digest",
     "split_of",
     "split_shards",
     "write_manifest",
@@ -351,6 +352,28 @@ def split_shards(
         if not path.is_file():
             raise _missing_data_error(data_dir, f"Shard {path.name} listed in the manifest is missing")
     return shards
+
+
+def shards_digest(data_dir: str | Path) -> str:
+    """SHA-256 hex digest of what a data directory holds: every split's shards, in order, by name, sample
+    count and the bytes of the tar file. Equal for a copied or moved directory; different when one sample,
+    one caption or the split changes (the manifest's description of how it was built does not count).
+
+    Raises:
+        FileNotFoundError: as ``read_manifest`` (no data directory, no shards, a listed shard missing).
+    """
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            path = data_dir / shard["name"]
+            if not path.is_file():
+                raise _missing_data_error(data_dir, f"Shard {path.name} listed in the manifest is missing")
+            digest.update(f"{split}\0{shard['name']}\0{int(shard['count'])}\0".encode())
+            with open(path, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def raw_samples(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:

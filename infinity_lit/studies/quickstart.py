@@ -22,6 +22,7 @@ Every stage is a function of ``studies.stages`` calling the library; ``infinity-
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -190,9 +191,11 @@ def quickstart(
     # 4. evaluation -----------------------------------------------------------------------------------
     tic = time.time()
     eval_dir = out / "eval"
+    # By content (``stages.content_of``): other weights or data under the same paths evaluate again.
     eval_settings = {
-        "tokenizer": str(tok_ckpt),
-        "generator": str(gen_ckpt),
+        "tokenizer": stages.content_of(tok_ckpt),
+        "generator": stages.content_of(gen_ckpt),
+        "data": stages.content_of(data_dir),
         "num_eval_images": num_eval_images,
         "cfg": cfg,
         "tau": tau,
@@ -201,10 +204,21 @@ def quickstart(
         "inception_weights": str(inception_weights) if inception_weights else None,
     }
     eval_done = runs.read_done(eval_dir)
-    if eval_done and eval_done.get("settings") == eval_settings:
+    started = eval_dir / stages.IDENTITY
+    recorded = (eval_done or {}).get("settings")
+    if recorded is None and started.is_file():
+        recorded = json.loads(started.read_text(encoding="utf-8"))  # interrupted: resumes if unchanged
+    if eval_dir.exists() and recorded != eval_settings:
+        # Samples and scores of other weights, data or settings are never mixed with the new ones.
+        changed = stages.changed_keys(recorded or {}, eval_settings)
+        aside = runs.set_aside(eval_dir)
+        log(f"eval: {', '.join(changed)} changed; evaluating again (earlier results kept in {aside})")
+        eval_done = None
+    if eval_done:
         log(f"eval: done ({eval_dir})")
         recon, rows = eval_done["recon"], eval_done["rows"]
     else:
+        runs.atomic_write_text(started, json.dumps(eval_settings, indent=2))
         recon, rows = _evaluate(
             eval_dir,
             tok_ckpt,

@@ -8,6 +8,7 @@ functions); none builds argv for a command-line module. A finished stage leaves 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,14 +113,85 @@ def _newest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+#: File in a fit stage's folder recording its identity when it starts (``fit_once``).
+IDENTITY = "IDENTITY.json"
+
+
+def content_of(value: str | Path) -> str:
+    """What a command-line value stands for in a stage's identity: an existing file by the SHA-256 of its
+    bytes, a shard directory by ``data.shards_digest``, anything else as it is. So the identity follows
+    contents, not places (a moved folder keeps it; a file replaced under the same name changes it)."""
+    from infinity_lit.metrics.inception import file_digest
+
+    path = Path(value)
+    if path.is_file():
+        return f"sha256:{file_digest(path)}"
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from infinity_lit.data.shards import shards_digest
+
+        return f"shards-sha256:{shards_digest(path)}"
+    return str(value)
+
+
+def fit_identity(
+    model: Model,
+    recipe: Path,
+    data_dir: Path,
+    resolution: int,
+    configs: Sequence[Path] = (),
+    max_time: str | None = None,
+    max_steps: int | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """What a ``fit`` stage computes from, by content (``content_of``): the recipe and stacked configs, the
+    data, the resolution, the budgets and the further arguments (an upstream checkpoint by its bytes)."""
+    return {
+        "model": model,
+        "configs": [content_of(recipe), *(content_of(c) for c in configs)],
+        "data": content_of(data_dir),
+        "resolution": int(resolution),
+        "max_time": max_time,
+        "max_steps": max_steps,
+        "overrides": [content_of(arg) for arg in (overrides or [])],
+    }
+
+
+def changed_keys(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The keys whose values differ between two identities (``fit_identity``), sorted."""
+    return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
 def fit_once(model: Model, out: Path, **kwargs: Any) -> Path:
-    """``fit`` unless ``OUT/<model>`` is already done; returns the checkpoint either way."""
-    done = runs.read_done(out / model)
+    """``fit`` unless ``OUT/<model>`` is already done with the same identity; returns the checkpoint.
+
+    The stage's identity (``fit_identity`` of ``kwargs``) is recorded when it starts and in its done marker.
+    A finished or interrupted stage whose identity differs (other data, recipe, budget, upstream
+    checkpoint) is never reused: its folder is set aside (``runs.set_aside``: ``OUT/<model>.stale-<n>``,
+    nothing deleted) and the stage reruns, saying what changed. An interrupted stage with the same
+    identity resumes from its checkpoint.
+    """
+    stage_dir = out / model
+    identity = fit_identity(model, **kwargs)
+    done = runs.read_done(stage_dir)
+    started = stage_dir / IDENTITY
+    recorded = (done or {}).get("identity")
+    if recorded is None and started.is_file():
+        recorded = json.loads(started.read_text(encoding="utf-8"))
+    if recorded is None and done:
+        recorded = {}  # finished before identities were recorded: nothing says it matches
+    if recorded is not None and recorded != identity:
+        aside = runs.set_aside(stage_dir)
+        log(f"{model}: {', '.join(changed_keys(recorded, identity))} changed; rerunning (earlier run kept in {aside})")
+        done = None
     if done:
         ckpt = Path(done["checkpoint"])
         log(f"{model}: done ({ckpt})")
         return ckpt
-    return fit(model, out=out, **kwargs)
+    runs.atomic_write_text(started, json.dumps(identity, indent=2))
+    ckpt = fit(model, out=out, **kwargs)
+    record = runs.read_done(stage_dir) or {}
+    runs.mark_done(stage_dir, {**record, "identity": identity})
+    return ckpt
 
 
 def untrained_twin(trained: Path, path: Path, seed: int) -> Path:

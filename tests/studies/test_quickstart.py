@@ -52,6 +52,17 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     assert again["metrics"]["fid_samples"] == pytest.approx(m["fid_samples"])
     assert "tokenizer: done" in capsys.readouterr().out
 
+    # Another generator budget: the generator and the evaluation run again (the earlier ones are set
+    # aside, not deleted), the tokenizer is reused; nothing of the old run is reported as the new one.
+    changed = main([*args[:-4], "--generator_max_steps", "3", *args[-2:]])
+    printed = capsys.readouterr().out
+    assert "tokenizer: done" in printed and "generator: max_steps changed; rerunning" in printed
+    assert "eval: generator changed; evaluating again" in printed
+    assert (out / "generator.stale-1" / "run" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
+    assert (out / "eval.stale-1" / "DONE.json").is_file()
+    new_step = json.loads((out / "generator" / "DONE.json").read_text())["global_step"]
+    assert new_step == 3 and changed["generator_checkpoint"] == again["generator_checkpoint"]
+
 
 @pytest.mark.slow
 def test_quickstart_recipes_learn_in_a_short_run(tmp_path):
