@@ -7,7 +7,8 @@ For each run folder given, the report gathers, recursively:
   and per-scale plots from scalars named ``…psnr_scale_k`` / ``…bit_acc_scale_k`` (last logged value
   against k), plus the per-scale PSNR of ``eval recon``;
 - every sample folder (``metadata.jsonl`` + PNGs from ``eval sample``) → sample grids side by side: one
-  column per folder, one row per prompt index, so runs sampled from the same prompt list line up.
+  column per folder, one row per prompt (aligned by prompt text, not position), with a warning when the
+  folders were sampled from different prompts.
 
 Plots are drawn with matplotlib's Agg backend (no display needed); everything is readable offline. The
 Markdown file refers to the same pictures written under ``OUT/assets/``.
@@ -191,6 +192,8 @@ def plot_curves(runs: Sequence[RunData], max_panels: int = 24) -> list[tuple[str
     if not tags:
         return []
     plt = pyplot()
+    # One colour per run across every panel, and every run in the legend (a panel may lack some runs).
+    colours = line_colours(sorted({label for lines in series.values() for label in lines}))
     figures = []
     for start in range(0, len(tags), max_panels):
         group = tags[start : start + max_panels]
@@ -200,27 +203,48 @@ def plot_curves(runs: Sequence[RunData], max_panels: int = 24) -> list[tuple[str
         for ax, tag in zip(axes.flat, group):
             for label, points in sorted(series[tag].items()):
                 steps, values = zip(*points)
-                ax.plot(steps, values, label=label, marker="." if len(points) < 30 else None)
+                ax.plot(
+                    steps, values, label=label, color=colours[label], marker="." if len(points) < 30 else None
+                )
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(group) :]:
             ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
+        from matplotlib.lines import Line2D
+
+        shown = sorted({label for tag in group for label in series[tag]})
+        legend_rows = math.ceil(len(shown) / 4)
+        top = 1 - 0.04 * legend_rows / rows
         fig.legend(
-            handles,
-            labels,
+            [Line2D([], [], color=colours[label]) for label in shown],
+            shown,
             loc="upper center",
-            ncol=min(4, len(labels)),
+            ncol=min(4, len(shown)),
             fontsize=8,
-            bbox_to_anchor=(0.5, 1.02),
+            bbox_to_anchor=(0.5, 1.0),
         )
-        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        fig.tight_layout(rect=(0, 0, 1, top))
         figures.append(
             (f"Training curves ({start + 1}–{start + len(group)} of {len(tags)} tags)", figure_png(fig))
         )
     return figures
+
+
+def line_colours(labels: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+    """A distinct colour per label (matplotlib's tab10, then tab20 and a sampled colormap for more), so
+    one run has one colour in every panel of a figure."""
+    from matplotlib import colormaps
+
+    n = len(labels)
+    if n <= 10:
+        colours = [colormaps["tab10"](i) for i in range(n)]
+    elif n <= 20:
+        colours = [colormaps["tab20"](i) for i in range(n)]
+    else:
+        colours = [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+    return dict(zip(labels, colours))
 
 
 def per_scale_series(runs: Sequence[RunData]) -> dict[str, dict[str, dict[int, float]]]:
@@ -249,11 +273,12 @@ def plot_per_scale(runs: Sequence[RunData]) -> bytes | None:
     from matplotlib.ticker import MaxNLocator
 
     names = sorted(data)
+    colours = line_colours(sorted({label for lines in data.values() for label in lines}))
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes.flat, names):
         for label, values in sorted(data[name].items()):
             ks = sorted(values)
-            ax.plot(ks, [values[k] for k in ks], marker="o", label=label)
+            ax.plot(ks, [values[k] for k in ks], marker="o", label=label, color=colours[label])
         ax.set_title(name, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("scale k (first k scales decoded / predicted)", fontsize=8)
@@ -282,28 +307,51 @@ def thumbnail_png(path: Path, size: int) -> bytes:
 
 def sample_table(
     runs: Sequence[RunData], max_rows: int = 8
-) -> tuple[list[str], list[tuple[str, list[Path | None]]]]:
-    """Side-by-side samples: column labels (one per sample folder) and rows (prompt, image per column).
+) -> tuple[list[str], list[tuple[str, list[Path | None]]], list[str]]:
+    """Side-by-side samples, aligned by prompt: column labels (one per sample folder), rows (prompt, image
+    per column, None where a folder has no image for it) and warnings.
 
-    Rows follow the image index of ``metadata.jsonl`` (the prompt-list position), first ``max_rows``.
+    A row is a prompt: the n-th image of a prompt in one folder sits beside the n-th image of the same
+    prompt in the others, whatever their positions in the prompt lists, so different prompts never share
+    a row. Rows follow the first folder's order (then prompts only later folders have), first
+    ``max_rows``. One warning per folder whose prompts differ from the first folder's.
     """
     columns: list[str] = []
-    per_col: list[dict[int, tuple[str, Path]]] = []
+    per_col: list[dict[tuple[str, int], Path]] = []
+    order: list[tuple[str, int]] = []
     for run in runs:
         for d in run.sample_dirs:
             columns.append(f"{run.name}/{d.relative_to(run.root)}".rstrip("/."))
-            entries = {}
-            for i, rec in enumerate(read_metadata(d)):
+            entries: dict[tuple[str, int], Path] = {}
+            seen: dict[str, int] = {}
+            records = read_metadata(d)
+            for _, rec in sorted(enumerate(records), key=lambda ir: (int(ir[1].get("index", ir[0])), ir[0])):
                 path = d / rec.get("file", "")
-                if path.is_file():
-                    entries[int(rec.get("index", i))] = (str(rec.get("prompt", "")), path)
+                if not path.is_file():
+                    continue
+                prompt = str(rec.get("prompt", ""))
+                key = (prompt, seen.get(prompt, 0))
+                seen[prompt] = key[1] + 1
+                entries[key] = path
+                if key not in order:
+                    order.append(key)
             per_col.append(entries)
-    indices = sorted(set().union(*[set(c) for c in per_col]))[:max_rows] if per_col else []
+    warnings = []
+    if per_col:
+        first = set(per_col[0])
+        for label, entries in zip(columns[1:], per_col[1:]):
+            if set(entries) != first:
+                only_here, missing = len(set(entries) - first), len(first - set(entries))
+                warnings.append(
+                    f"{label} was sampled from other prompts than {columns[0]} ({only_here} of its images have "
+                    f"prompts {columns[0]} lacks, {missing} of {columns[0]}'s prompts are missing): only rows "
+                    "with an image in both compare the same prompt"
+                )
     rows = []
-    for idx in indices:
-        prompt = next((c[idx][0] for c in per_col if idx in c), "")
-        rows.append((f"#{idx}: {prompt}", [c[idx][1] if idx in c else None for c in per_col]))
-    return columns, rows
+    for prompt, n in order[:max_rows]:
+        label = prompt if n == 0 else f"{prompt} (#{n + 1})"
+        rows.append((label, [c.get((prompt, n)) for c in per_col]))
+    return columns, rows, warnings
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -477,7 +525,10 @@ def make_report(
     # Samples.
     h.append("<h2>Samples</h2>")
     md += ["## Samples", ""]
-    columns, sample_rows = sample_table(runs, max_sample_rows)
+    columns, sample_rows, sample_warnings = sample_table(runs, max_sample_rows)
+    for warning in sample_warnings:
+        h.append(f"<p class='warn'>{html.escape(warning)}</p>")
+        md += [f"> **Warning:** {warning}", ""]
     if sample_rows:
         h.append(
             "<table><tr><th>prompt</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"

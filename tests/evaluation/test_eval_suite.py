@@ -410,6 +410,64 @@ def test_eval_report_on_two_runs(tmp_path, openmoji_shards, inception_weights):
     assert (out / "assets" / "per_scale.png").is_file() and (out / "assets" / "curves_0.png").is_file()
 
 
+def _prompt_folder(out: Path, prompts: list[str]) -> Path:
+    """A sample folder whose image i is a flat colour i and whose prompts are ``prompts``."""
+    out.mkdir(parents=True)
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as meta:
+        for i, prompt in enumerate(prompts):
+            write_png(torch.full((3, 8, 8), 10 * i, dtype=torch.uint8), out / f"{i:06d}.png")
+            meta.write(json.dumps({"file": f"{i:06d}.png", "index": i, "prompt": prompt}) + "\n")
+    return out
+
+
+def test_sample_grid_rows_pair_images_of_the_same_prompt(tmp_path):
+    from infinity_lit.evaluation.report import collect_run, sample_table
+
+    _prompt_folder(tmp_path / "a" / "samples", ["cat", "dog", "cat", "sun"])
+    _prompt_folder(tmp_path / "b" / "samples", ["dog", "cat", "moon", "cat"])
+    columns, rows, warnings = sample_table([collect_run(tmp_path / "a"), collect_run(tmp_path / "b")])
+    assert columns == ["a/samples", "b/samples"]
+    by_label = {label: [p.name if p else None for p in paths] for label, paths in rows}
+    # Position i in one list is not position i in the other: rows pair by prompt (and its occurrence).
+    assert by_label == {
+        "cat": ["000000.png", "000001.png"],
+        "dog": ["000001.png", "000000.png"],
+        "cat (#2)": ["000002.png", "000003.png"],
+        "sun": ["000003.png", None],
+        "moon": [None, "000002.png"],
+    }
+    assert [label for label, _ in rows] == ["cat", "dog", "cat (#2)", "sun", "moon"]
+    assert len(warnings) == 1 and "b/samples was sampled from other prompts than a/samples" in warnings[0]
+    same = sample_table([collect_run(tmp_path / "a"), collect_run(tmp_path / "a", name="again")])
+    assert same[2] == []  # the same prompts: no warning
+
+
+def test_training_curves_give_every_run_one_colour_and_a_legend_entry(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from infinity_lit.evaluation import report
+
+    for name, tags in (("tok", ["train/l1"]), ("gen", ["train/bit_acc", "train/l1"])):
+        logger = TensorBoardLogger(
+            save_dir=str(tmp_path / name), name="", version="v", default_hp_metric=False
+        )
+        for step in range(3):
+            logger.log_metrics({tag: float(step) for tag in tags}, step=step)
+        logger.finalize("success")
+    figures = []
+    monkeypatch.setattr(report, "figure_png", lambda fig: figures.append(fig) or b"png")
+    report.plot_curves([report.collect_run(tmp_path / "tok"), report.collect_run(tmp_path / "gen")])
+    (fig,) = figures
+    # The first panel (train/bit_acc) has only "gen"; the legend still names both runs.
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["gen/v", "tok/v"]
+    colour_of: dict[str, set] = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            colour_of.setdefault(line.get_label(), set()).add(line.get_color())
+    assert all(len(c) == 1 for c in colour_of.values()), colour_of  # one colour per run in every panel
+    assert colour_of["gen/v"] != colour_of["tok/v"]
+
+
 # ------------------------------------------------------------------------------------------------ configs
 
 EVAL_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "eval" / "configs").rglob("*.yaml"))
