@@ -21,7 +21,8 @@ EMA weights: add Lightning's ``EMAWeightAveraging`` callback (with ``use_buffers
 ``state_dict`` then holds the averaged weights, which ``load_tokenizer`` reads.
 
 Logged (TensorBoard): ``train/*`` and ``val/*`` (``test/*``) loss terms; ``val/psnr``, ``val/ssim`` (dB /
-unitless, on [-1, 1] images through ``infinity_lit.metrics.reconstruction``); ``val/psnr_scale_k``
+unitless, on [-1, 1] images through ``infinity_lit.metrics.reconstruction``, computed in fp32 whatever the
+trainer's precision, so ``test`` equals ``eval recon`` on the same checkpoint and split); ``val/psnr_scale_k``
 for decoding from the first k scales; ``val/bit_usage`` (histogram of P(bit = 1) per bit),
 ``val/bit_entropy_mean`` / ``_min`` (bits, at most 1); ``val/codebook_utilisation`` (distinct codes seen
 / min(2^d, positions)); ``data/skipped_samples`` when the data module counts them; an image grid of
@@ -334,15 +335,22 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         self._eval_epoch_end("test")
 
     def _eval_step(self, batch: Any, stage: str) -> None:
-        images = self._images(batch)
+        # Validation and test run in fp32 whatever the trainer's precision, so that ``tokenizer test`` and
+        # ``eval recon`` (``evaluation.recon``, fp32) give the same PSNR / SSIM for one checkpoint and split.
+        with torch.autocast(self.device.type, enabled=False):
+            self._eval_step_fp32(batch, stage)
+
+    def _eval_step_fp32(self, batch: Any, stage: str) -> None:
+        images = self._images(batch).float()
         batch_size = images.shape[0]
         recon, q = self.tokenizer(images)
         recon = recon.float()
         terms = self._reconstruction_losses(images, recon)
         terms.update(commit=q.commit_loss, entropy=q.entropy_loss)
         metrics = {f"{stage}/{k}": v for k, v in terms.items()}
-        metrics[f"{stage}/psnr"] = psnr(recon, images)
-        metrics[f"{stage}/ssim"] = ssim(recon, images)
+        # Scored as saved: clamped to the image range, as ``eval recon`` does.
+        metrics[f"{stage}/psnr"] = psnr(recon.clamp(-1, 1), images)
+        metrics[f"{stage}/ssim"] = ssim(recon.clamp(-1, 1), images)
 
         # Progressive decoding: the first k scales' codes are the same whatever follows them.
         K = len(q.codes)
@@ -356,7 +364,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
                     self.tokenizer.quantizer.codes_to_quantized(q.codes[:k], hw)
                 ).float()
             )
-            metrics[f"{stage}/psnr_scale_{k}"] = psnr(recon_k, images)
+            metrics[f"{stage}/psnr_scale_{k}"] = psnr(recon_k.clamp(-1, 1), images)
             progressive.append(recon_k)
         log_epoch_means(self, self.eval_means, metrics, batch_size)
 

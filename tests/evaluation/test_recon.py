@@ -47,3 +47,45 @@ def test_evaluate_reconstruction_per_scale_matches_reconstruct(inception_weights
     assert sorted(only.psnr_per_scale) == [1, 3] and only.rfid is None
     with pytest.raises(ValueError, match=r"scales must be in 1\.\.3"):
         evaluate_reconstruction(tok, batches, scales=[4], compute_rfid=False)
+
+
+def test_tokenizer_test_and_eval_recon_give_the_same_numbers(openmoji_shards, tmp_path, monkeypatch):
+    """One implementation per metric: the module's test (under the recipe's bf16-mixed precision) and
+    ``eval recon`` score one checkpoint on one split alike."""
+    from pathlib import Path
+
+    from infinity_lit import runs
+    from infinity_lit.cli import train
+    from infinity_lit.evaluation.recon import reconstruction_record
+
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[2] / "experiments" / "tokenizer" / "openmoji64.yaml"
+    common = [
+        "-c",
+        str(recipe),
+        "--run_name=tiny",
+        f"--data.init_args.data_dir={openmoji_shards}",
+        "--data.init_args.resolution=32",
+        "--data.init_args.batch_size=4",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--model.tokenizer.base_channels=8",
+        "--model.tokenizer.num_groups=4",
+        "--model.tokenizer.channel_multipliers=[1, 2, 2, 2]",
+        "--model.tokenizer.num_res_blocks=1",
+        "--model.tokenizer.scale_schedule=[[1, 1], [2, 2], [4, 4]]",
+        "--model.tokenizer.codebook_dim=8",
+    ]
+    fit = ["--trainer.max_steps=6", "--trainer.max_time=null", "--trainer.val_check_interval=3"]
+    train.tokenizer(["fit", *common, *fit, "--trainer.limit_val_batches=1", "--model.num_log_images=0"])
+    last = runs.last_checkpoint(tmp_path / "runs" / "tokenizer" / "tiny")
+    tested = train.tokenizer(["test", *common, "--ckpt_path", str(last)]).trainer.callback_metrics
+    record = reconstruction_record(tokenizer=last, data=openmoji_shards, out=tmp_path / "recon", rfid=False)
+    metrics = record["metrics"]
+    from infinity_lit.data import read_manifest
+
+    assert record["num_images"] == read_manifest(openmoji_shards)["counts"]["val"]  # the whole split
+    assert float(tested["test/psnr"]) == pytest.approx(metrics["psnr"], rel=1e-5, abs=1e-5)
+    assert float(tested["test/ssim"]) == pytest.approx(metrics["ssim"], rel=1e-5, abs=1e-5)
+    for k, value in metrics["psnr_per_scale"].items():
+        assert float(tested[f"test/psnr_scale_{k}"]) == pytest.approx(value, rel=1e-5, abs=1e-5)
