@@ -28,6 +28,7 @@ PURE_TORCH = [
     "infinity_lit.metrics.inception",
     "infinity_lit.metrics.clip_score",
     "infinity_lit.data",
+    "infinity_lit.data.images",
     "infinity_lit.tokenizer",
     "infinity_lit.generator",
     "infinity_lit.generator.transformer",

@@ -4,6 +4,8 @@
   ``manifest.json`` (CLI: ``infinity-lit data openmoji|folder``).
 - ``ShardDataModule``: Lightning batches ``{"image": (B,3,H,W) float in [-1,1], "caption", "key"}``.
 - ``iter_samples`` / ``load_split``: a split in order, for evaluation.
+- ``infinity_lit.data.images``: the one image loader (``load_rgb``: any file → RGB uint8 under one colour
+  policy), the recursive folder listing (``find_images``) and the report of unreadable files.
 
 ``ShardDataModule`` is imported on first use, so the builders and their CLI do not import Lightning.
 """

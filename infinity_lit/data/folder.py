@@ -1,11 +1,12 @@
 """A folder of the user's own images (with captions) to webdataset shards.
 
-Images are found recursively (png, jpg/jpeg, webp, bmp, gif, tif/tiff), EXIF-rotated, composited onto
-white if transparent, resized (shorter side, antialiased bicubic) and centre-cropped to a square, and stored
-as PNG. Captions come from a JSON-lines file of ``{"image": path, "caption": text}`` (paths relative to
-the image folder, or absolute) or, for images it does not list, from a sidecar ``name.txt`` beside
-``name.png``; an image with neither gets an empty caption and is counted. Unreadable images are skipped
-with a warning and counted.
+Images are found recursively and read to RGB by ``infinity_lit.data.images`` (``find_images``,
+``load_rgb``: png, jpg/jpeg, webp, bmp, gif, tif/tiff; EXIF orientation applied, 16-bit samples scaled to
+8 bits, transparency composited onto white), resized (shorter side, antialiased bicubic) and centre-cropped
+to a square, and stored as PNG. Captions come from a JSON-lines file of ``{"image": path, "caption": text}``
+(paths relative to the image folder, or absolute) or, for images it does not list, from a sidecar
+``name.txt`` beside ``name.png``; an image with neither gets an empty caption and is counted. Unreadable
+images are skipped, named in one warning, counted and listed in the manifest.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from infinity_lit.data.images import (
+    IMAGE_SUFFIXES,
+    UnreadableImageError,
+    find_images,
+    load_rgb,
+    report_unreadable,
+)
 from infinity_lit.data.shards import (
     ShardSetWriter,
     check_resolution,
@@ -33,30 +41,10 @@ from infinity_lit.data.shards import (
     reusable_manifest,
     save_grid,
     split_of,
-    to_rgb_on_white,
     write_manifest,
 )
 
-__all__ = ["build_folder_shards", "find_images", "read_captions_jsonl"]
-
-FOLDER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-
-def find_images(images: Path, exclude: Path | None = None) -> list[Path]:
-    """Image files under ``images`` (recursive, sorted), skipping hidden files and anything under ``exclude``."""
-    found = []
-    for path in sorted(images.rglob("*")):
-        rel = path.relative_to(images)
-        if (
-            any(part.startswith(".") for part in rel.parts)
-            or path.suffix.lower() not in FOLDER_IMAGE_SUFFIXES
-        ):
-            continue
-        if exclude is not None and path.resolve().is_relative_to(exclude):
-            continue
-        if path.is_file():
-            found.append(path)
-    return found
+__all__ = ["build_folder_shards", "read_captions_jsonl"]
 
 
 def read_captions_jsonl(path: Path, images: Path) -> dict[Path, str]:
@@ -118,7 +106,9 @@ def build_folder_shards(
     """Convert a folder of images (and captions) into webdataset shards in ``out``.
 
     Writes ``train-*.tar``, ``val-*.tar`` (samples ``{key}.png`` RGB uint8 resolution², ``{key}.txt``,
-    ``{key}.json`` with the source path and original size), ``manifest.json`` and ``preview.png``. The key
+    ``{key}.json`` with the source path and the size before resizing, as displayed: after EXIF orientation),
+    ``manifest.json`` and ``preview.png``. Images are read by ``infinity_lit.data.images.load_rgb`` (see its
+    module for the colour policy: bit depths, palettes, transparency onto white, CMYK). The key
     is the image's path relative to ``images`` without its suffix, with characters other than letters,
     digits, "_" and "-" replaced by "_". Idempotent: an existing build with the same settings and unchanged
     input files (sizes and modification times) is returned as is.
@@ -134,14 +124,15 @@ def build_folder_shards(
         progress: show a tqdm progress bar.
 
     Returns:
-        The manifest dict, with ``skipped`` (reason "unreadable_image"), ``uncaptioned`` (images written
-        with an empty caption), ``upscaled`` (images smaller than ``resolution``) and
+        The manifest dict, with ``skipped`` (reason "unreadable_image"), ``unreadable_images`` (path
+        relative to ``images`` → reason, in reading order; also named in one warning), ``uncaptioned``
+        (images written with an empty caption), ``upscaled`` (images smaller than ``resolution``) and
         ``captions_without_image`` (caption lines naming no found image), plus ``reused``: whether an
         existing build was returned unchanged.
 
     Raises:
         FileNotFoundError: ``images`` or ``captions`` missing, or no image files found. ValueError: bad
-            resolution or a malformed captions line.
+            resolution, a malformed captions line, or no image file could be read.
     """
     from tqdm.auto import tqdm
 
@@ -153,7 +144,7 @@ def build_folder_shards(
     files = find_images(images, exclude=out.resolve())
     if not files:
         raise FileNotFoundError(
-            f"no images ({', '.join(sorted(FOLDER_IMAGE_SUFFIXES))}) found under {str(images)!r}"
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {str(images)!r}"
         )
     caption_file = Path(captions) if captions is not None else None
     jsonl = read_captions_jsonl(caption_file, images) if caption_file is not None else {}
@@ -175,7 +166,7 @@ def build_folder_shards(
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     remove_shards(out)
-    skipped: Counter[str] = Counter()
+    unreadable: dict[str, str] = {}
     stats: Counter[str] = Counter()
     preview_ids = set(evenly_spaced(files, 64))
     preview: list[Image.Image] = []
@@ -185,14 +176,11 @@ def build_folder_shards(
         for path in tqdm(files, desc=f"images to {resolution}px shards", unit="image", disable=not progress):
             rel = path.relative_to(images)
             try:
-                with Image.open(path) as im:
-                    im.load()
-                    original_size = list(im.size)
-                    image = to_rgb_on_white(ImageOps.exif_transpose(im))
-            except Exception as exc:  # Pillow raises several types for bad files
-                warnings.warn(f"skipping unreadable image {rel.as_posix()}: {exc}", stacklevel=2)
-                skipped["unreadable_image"] += 1
+                image = load_rgb(path)
+            except UnreadableImageError as exc:
+                unreadable[rel.as_posix()] = exc.reason
                 continue
+            original_size = list(image.size)
             stats["upscaled"] += min(image.size) < resolution
             image = resize_center_crop(image, resolution)
             resolved = path.resolve()
@@ -217,6 +205,7 @@ def build_folder_shards(
             }
             writer.write(split_of(key, val_fraction), key, encode_png(image), caption, meta)
 
+    report_unreadable(unreadable, len(files) - len(unreadable), images)
     orphans = sorted(set(jsonl) - found)
     if orphans:
         warnings.warn(
@@ -238,10 +227,11 @@ def build_folder_shards(
         resolution=resolution,
         settings=settings,
         shards=writer.shards,
-        skipped=dict(sorted(skipped.items())),
+        skipped={"unreadable_image": len(unreadable)} if unreadable else {},
         created_by=shlex.join(command),
         preview="preview.png" if preview else None,
         images_found=len(files),
+        unreadable_images=dict(unreadable),
         uncaptioned=stats["uncaptioned"],
         upscaled=stats["upscaled"],
         captions_without_image=len(orphans),

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from infinity_lit.data.images import UnreadableImageError, load_rgb, to_rgb
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +41,6 @@ __all__ = [
     "SPLITS",
     "ShardSetWriter",
     "check_resolution",
-    "decode_image",
     "image_to_uint8",
     "iter_samples",
     "load_split",
@@ -96,26 +97,7 @@ def split_of(key: str, val_fraction: float) -> str:
 
 
 # ---------------------------------------------------------------- images
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes to an RGB PIL image; transparency is composited onto white.
-
-    Raises:
-        PIL.UnidentifiedImageError, OSError, ValueError: the bytes are not a readable image.
-    """
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return to_rgb_on_white(im)
-
-
-def to_rgb_on_white(im: Image.Image) -> Image.Image:
-    """Convert any PIL image to RGB, compositing transparent parts onto white (not black)."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
+# Decoding and colour conversion live in ``infinity_lit.data.images`` (``load_rgb``, ``to_rgb``).
 
 
 def resize_center_crop(im: Image.Image, resolution: int) -> Image.Image:
@@ -135,10 +117,14 @@ def resize_center_crop(im: Image.Image, resolution: int) -> Image.Image:
 
 
 def image_to_uint8(im: Image.Image) -> torch.Tensor:
-    """RGB PIL image → uint8 tensor (3, H, W) in [0, 255]."""
+    """PIL image → uint8 tensor (3, H, W) in [0, 255], RGB (other modes through ``images.to_rgb``).
+
+    Raises:
+        UnreadableImageError: a mode ``to_rgb`` refuses.
+    """
     import torch  # imported here so that the builders and their CLI start without torch
 
-    return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.array(to_rgb(im), dtype=np.uint8)).permute(2, 0, 1)
 
 
 def encode_png(im: Image.Image) -> bytes:
@@ -395,20 +381,26 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, Image.Image, str]:
     if ext is None:
         raise ValueError(f"sample {key!r} in shard {url}: no image member (.png/.jpg/.webp)")
     try:
-        image = decode_image(sample[ext])
-    except Exception as exc:  # Pillow raises several types for bad data
+        image = load_rgb(sample[ext])
+    except UnreadableImageError as exc:
         raise ValueError(f"sample {key!r} in shard {url}: cannot decode its .{ext} image ({exc})") from exc
     caption = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
     return key, image, caption
 
 
 def iter_samples(
-    data_dir: str | Path, split: str, *, strict: bool = False
+    data_dir: str | Path,
+    split: str,
+    *,
+    strict: bool = False,
+    unreadable: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, Image.Image, str]]:
     """Iterate a split's samples in shard order, for evaluation: ``(key, PIL RGB image, caption)``.
 
-    Images are as stored (uint8 RGB at the build resolution). A sample that fails to decode is skipped with
-    a warning naming its key and shard, or raises with ``strict=True``.
+    Images are as stored (uint8 RGB at the build resolution). A sample that fails to decode is skipped:
+    with a warning naming its key and shard, or, when ``unreadable`` is given, recorded there as
+    ``"SHARD/KEY" → reason`` for the caller to report (``infinity_lit.data.images.report_unreadable``); with
+    ``strict=True`` it raises instead.
 
     Raises:
         FileNotFoundError: no data (see ``read_manifest``). ValueError: bad sample with ``strict=True``.
@@ -419,7 +411,11 @@ def iter_samples(
         except ValueError as exc:
             if strict:
                 raise
-            warnings.warn(f"skipping {exc}", stacklevel=2)
+            if unreadable is None:
+                warnings.warn(f"skipping {exc}", stacklevel=2)
+            else:
+                shard = Path(str(sample.get("__url__", "?"))).name
+                unreadable[f"{shard}/{sample['__key__']}"] = str(exc.__cause__ or exc)
 
 
 def load_split(

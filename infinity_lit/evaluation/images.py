@@ -1,9 +1,14 @@
-"""Image sets for evaluation: folders of PNG/JPEG files and webdataset shard splits, as uint8 batches.
+"""Image sets for evaluation: folders of image files and webdataset shard splits, as uint8 batches.
 
-Every image leaves this module as uint8 (3, H, W) in [0, 255], RGB, transparency composited onto white
-(the shard format's convention, ``infinity_lit.data.shards.to_rgb_on_white``). A sample folder written by
-``eval sample`` holds ``NNNNNN.png`` files and ``metadata.jsonl`` (one JSON object per image: ``file``,
-``index``, ``prompt`` and the sampling settings).
+Every image leaves this module as uint8 (3, H, W) in [0, 255], RGB, read by the one loader of the
+toolkit, ``infinity_lit.data.images.load_rgb`` (EXIF orientation applied, 16-bit samples scaled to 8 bits,
+transparency composited onto white: the shard builders' policy). A folder is read recursively
+(``infinity_lit.data.images.find_images``: png, jpg/jpeg, webp, bmp, gif, tif/tiff, sorted by relative
+path, hidden files skipped); an image's key is its path relative to the folder (``NNNNNN.png`` in a flat
+folder). Files that cannot be read are skipped and reported once per set (one warning naming the first
+few, with the count); they are listed in ``ImageSet.unreadable`` and in the records that the scoring and
+reconstruction functions write. A sample folder written by ``eval sample`` holds ``NNNNNN.png`` files and
+``metadata.jsonl`` (one JSON object per image: ``file``, ``index``, ``prompt`` and the sampling settings).
 """
 
 from __future__ import annotations
@@ -12,42 +17,43 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
+from infinity_lit.data.images import (
+    IMAGE_SUFFIXES,
+    UnreadableImageError,
+    find_images,
+    load_rgb,
+    report_unreadable,
+    unreadable_summary,
+)
+from infinity_lit.data.shards import image_to_uint8
+
 METADATA = "metadata.jsonl"
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files (png/jpg/jpeg/webp) directly inside ``folder``, sorted by name; hidden files skipped.
+    """The image files of ``folder`` as evaluation reads them (``infinity_lit.data.images.find_images``:
+    recursive, sorted by relative path, hidden files skipped).
 
     Raises:
         FileNotFoundError: ``folder`` is not a directory.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    return find_images(folder)
 
 
 def read_image(path: str | Path) -> Tensor:
-    """An image file → uint8 (3, H, W) in [0, 255], RGB, transparency composited onto white."""
-    from infinity_lit.data.shards import to_rgb_on_white
+    """An image file → uint8 (3, H, W) in [0, 255], RGB, by ``infinity_lit.data.images.load_rgb``.
 
-    with Image.open(path) as im:
-        im.load()
-        rgb = to_rgb_on_white(im)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+    Raises:
+        UnreadableImageError: the file cannot be decoded (the reason says why).
+    """
+    return image_to_uint8(load_rgb(path))
 
 
 def write_png(image: Tensor, path: str | Path) -> None:
@@ -91,62 +97,105 @@ def _fingerprint(parts: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _stat_parts(paths: Iterable[Path]) -> Iterator[str]:
+def _stat_parts(folder: Path, paths: Iterable[Path]) -> Iterator[str]:
     for p in paths:
         st = p.stat()
-        yield f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+        yield f"{p.relative_to(folder).as_posix()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+#: File format names of ``ImageSet.content`` by suffix (one name per format).
+_FORMAT_NAMES = {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF", "tiff": "TIFF"}
 
 
 @dataclass
 class ImageSet:
-    """A set of images to score: an image folder or one split of a shard directory.
+    """A set of images to score: an image folder (read recursively) or one split of a shard directory.
 
     Attributes:
         kind: "folder" or "shards".
         path: the folder or shard directory.
         split: the shard split ("train" / "val"); None for folders.
-        max_images: read at most this many (None: all).
+        max_images: read at most this many readable images (None: all).
+        unreadable: the images skipped so far because they cannot be decoded, in reading order: relative
+            path (folders) or "SHARD/KEY" (shards) → reason. Complete once the set has been read through
+            (e.g. by ``content``).
     """
 
     kind: str
     path: Path
     split: str | None = None
     max_images: int | None = None
+    unreadable: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _reported: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
+        """Images in the set: files (or shard samples) minus those found unreadable so far, capped at
+        ``max_images``; exact once the set has been read through."""
         if self.kind == "folder":
             n = len(list_images(self.path))
         else:
             from infinity_lit.data.shards import split_shards
 
             n = sum(count for _, count in split_shards(self.path, self.split))
+        n -= len(self.unreadable)
         return n if self.max_images is None else min(n, self.max_images)
 
-    def iter_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
-        """``(key, uint8 (3, H, W) in [0, 255], caption or None)`` in a fixed order (file name / shard order).
+    def where(self) -> str:
+        """The set in words, for messages: the folder, or "DIR (SPLIT split)"."""
+        return str(self.path) if self.kind == "folder" else f"{self.path} ({self.split} split)"
 
-        Folder captions come from ``metadata.jsonl`` (``prompt``) when present, else None.
+    def _folder_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
+        prompts = {r.get("file"): r.get("prompt") for r in read_metadata(self.path)}
+        for path in list_images(self.path):
+            key = path.relative_to(self.path).as_posix()
+            try:
+                image = load_rgb(path)
+            except UnreadableImageError as exc:
+                self.unreadable[key] = exc.reason
+                continue
+            yield key, image_to_uint8(image), prompts.get(key)
+
+    def _shard_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
+        from infinity_lit.data.shards import iter_samples
+
+        for k, im, c in iter_samples(self.path, self.split, unreadable=self.unreadable):
+            yield k, image_to_uint8(im), c
+
+    def iter_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
+        """``(key, uint8 (3, H, W) in [0, 255], caption or None)`` in a fixed order (relative path / shard
+        order); at most ``max_images``.
+
+        Keys: a folder image's path relative to the folder (``NNNNNN.png``, ``sub/a.jpg``), a shard
+        sample's key. Folder captions come from ``metadata.jsonl`` (``prompt`` of the record whose ``file``
+        is the key) when present, else None. Unreadable images are skipped and added to ``unreadable``; at
+        the end of a pass the ones not reported before are named in one warning.
+
+        Raises:
+            ValueError: images were skipped and none could be read.
         """
         count = 0
-        if self.kind == "folder":
-            prompts = {r.get("file"): r.get("prompt") for r in read_metadata(self.path)}
-            items = ((p.name, read_image(p), prompts.get(p.name)) for p in list_images(self.path))
-        else:
-            from infinity_lit.data.shards import image_to_uint8, iter_samples
-
-            items = ((k, image_to_uint8(im), c) for k, im, c in iter_samples(self.path, self.split))
+        if self.max_images is not None and self.max_images <= 0:
+            return
+        items = self._folder_items() if self.kind == "folder" else self._shard_items()
         for item in items:
-            if self.max_images is not None and count >= self.max_images:
-                return
             count += 1
             yield item
+            if self.max_images is not None and count >= self.max_images:
+                break  # before decoding one more image
+        new = {k: v for k, v in self.unreadable.items() if k not in self._reported}
+        report_unreadable(new if count else self.unreadable, count, self.where(), stacklevel=2)
+        self._reported.update(new)
+
+    def unreadable_warning(self) -> str | None:
+        """The skipped images in one line (``infinity_lit.data.images.unreadable_summary``), or None."""
+        return unreadable_summary(self.unreadable, self.where()) if self.unreadable else None
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         """uint8 (B, 3, H, W) batches in [0, 255]."""
         return batched((im for _, im, _ in self.iter_items()), batch_size)
 
     def fingerprint(self) -> str:
-        """Changes when the files change (names, sizes, modification times) or the selection does."""
+        """Changes when the files change (relative paths, sizes, modification times) or the selection does."""
         if self.kind == "folder":
             files = list_images(self.path)
         else:
@@ -154,33 +203,39 @@ class ImageSet:
 
             files = [p for p, _ in split_shards(self.path, self.split)]
         head = [self.kind, str(self.path.resolve()), str(self.split), str(self.max_images)]
-        return _fingerprint([*head, *_stat_parts(files)])
+        return _fingerprint([*head, *_stat_parts(self.path, files)])
 
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "split": self.split, "max_images": self.max_images}
 
     def content(self) -> dict:
-        """What the set holds, independent of where it lies (for evaluation fingerprints).
+        """What the set holds, independent of where it lies (for evaluation fingerprints). Reads every
+        image, so ``unreadable`` and ``len`` are complete afterwards.
 
         Returns:
             ``{"sha256": hex digest over every image's key, size and decoded uint8 RGB pixels in set order,
-            "images": count, "sizes": sorted distinct "HxW", "format": "PNG files" / "JPEG files" / … for a
-            folder (sorted distinct suffixes), "webdataset shards" for shards}``. Equal for a copied or
-            moved set; different when one pixel, one key or the selection (split, ``max_images``) differs.
+            "images": count of images read, "sizes": sorted distinct "HxW", "format": "PNG files" /
+            "JPEG files" / … for a folder (sorted distinct formats of the images read), "webdataset
+            shards" for shards}``. Equal for a copied or moved set; different when one pixel, one key or
+            the selection (split, ``max_images``) differs.
+
+        Raises:
+            ValueError: images were skipped and none could be read.
         """
         digest = hashlib.sha256()
         sizes: set[str] = set()
+        formats: set[str] = set()
         count = 0
         for key, image, _ in self.iter_items():
             h, w = image.shape[-2:]
             sizes.add(f"{h}x{w}")
             digest.update(f"{key}\0{h}x{w}\0".encode())
             digest.update(image.contiguous().numpy().tobytes())
+            suffix = Path(key).suffix.lower().lstrip(".")
+            formats.add(_FORMAT_NAMES.get(suffix, suffix.upper()))
             count += 1
         if self.kind == "folder":
-            files = list_images(self.path)[: self.max_images]
-            suffixes = sorted({p.suffix.lower().lstrip(".").replace("jpg", "jpeg").upper() for p in files})
-            fmt = " + ".join(suffixes) + " files" if suffixes else "no files"
+            fmt = " + ".join(sorted(formats)) + " files" if formats else "no files"
         else:
             fmt = "webdataset shards"
         return {"sha256": digest.hexdigest(), "images": count, "sizes": sorted(sizes), "format": fmt}
@@ -202,7 +257,7 @@ def open_image_set(path: str | Path, split: str = "val", max_images: int | None 
         return ImageSet("shards", path, split, max_images)
     if not list_images(path):
         raise FileNotFoundError(
-            f"{str(path)!r} holds no images ({'/'.join(IMAGE_SUFFIXES)}) and no shards; give a folder of images "
-            "or a shard directory built by 'infinity-lit data ...'"
+            f"{str(path)!r} holds no images ({'/'.join(sorted(IMAGE_SUFFIXES))}) and no shards; give a "
+            "folder of images or a shard directory built by 'infinity-lit data ...'"
         )
     return ImageSet("folder", path, None, max_images)

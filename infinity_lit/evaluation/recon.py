@@ -155,7 +155,8 @@ def reconstruction_record(
     Args:
         tokenizer: tokenizer checkpoint (.ckpt from 'infinity-lit tokenizer fit'), or its run folder
             (``runs/tokenizer/<name>``: its checkpoints/last.ckpt).
-        data: shard directory (or image folder) of the images to reconstruct.
+        data: shard directory (or image folder, read recursively) of the images to reconstruct; images that
+            cannot be decoded are skipped, named in a warning and listed under ``unreadable_images``.
         out: output folder (metrics.json).
         split: shard split.
         max_images: at most this many images.
@@ -172,7 +173,7 @@ def reconstruction_record(
 
     Raises:
         FileNotFoundError: no tokenizer checkpoint or no images. ValueError: images of another size than the
-            tokenizer's (non-square), or not a tokenizer checkpoint.
+            tokenizer's (non-square), not a tokenizer checkpoint, or none of the images can be read.
     """
     import json
 
@@ -223,6 +224,9 @@ def reconstruction_record(
     )
     import datetime as _dt
 
+    warnings_ = list(result.warnings)
+    if images.unreadable:
+        warnings_.append(images.unreadable_warning())
     record = {
         "kind": "reconstruction",
         "checkpoint": str(tokenizer),
@@ -243,7 +247,9 @@ def reconstruction_record(
             "image_range": "uint8 shards → float [-1,1] into the tokenizer; PSNR/SSIM on [-1,1] (data range 2); "
             "uint8 [0,255] into Inception for rFID",
         },
-        "warnings": result.warnings,
+        # Files skipped because they cannot be decoded (relative path or SHARD/KEY → reason).
+        "unreadable_images": dict(images.unreadable),
+        "warnings": warnings_,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_metrics_json(record, path)

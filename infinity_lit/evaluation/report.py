@@ -28,6 +28,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from infinity_lit.data.images import load_rgb
+
 from .images import METADATA, list_images, read_metadata
 from .tensorboard import PER_SCALE_TAG, event_dirs, per_scale_values, read_scalars
 
@@ -297,11 +299,10 @@ def plot_per_scale(runs: Sequence[RunData]) -> bytes | None:
 
 def thumbnail_png(path: Path, size: int) -> bytes:
     """An image file as RGB PNG bytes whose longest side is at most ``size`` pixels (never enlarged)."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
+    im = load_rgb(path)  # the toolkit's one image policy (bit depths, transparency, orientation)
+    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -39,17 +39,43 @@ def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
+def _prompt_line(line: str) -> str | None:
+    """One line of a ``.txt`` prompts file → its prompt, or None for a blank or comment line."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith(("\\#", "\\\\")):  # "\#…" is the prompt "#…", "\\…" the prompt "\…"
+        text = text[1:]
+    return text
+
+
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a file: ``.txt`` one per line (blank lines and lines starting with ``#`` skipped),
-    ``.jsonl`` objects with a ``prompt`` (or ``caption``) field, or ``.json`` a list of strings.
+    r"""Prompts from a file, in file order, by suffix.
+
+    ``.txt`` (or any other suffix): UTF-8 text (a leading byte-order mark is ignored), one prompt per line,
+    surrounding whitespace stripped. Blank lines are ignored; a line whose first non-blank character is
+    ``#`` is a comment. To start a prompt with ``#``, escape it with a backslash: ``\#1 on the chart`` is
+    the prompt ``#1 on the chart``, and ``\\#`` gives ``\#`` (a leading ``\\`` stands for one
+    backslash; a backslash anywhere else is kept as is). ``#`` after the start of a line is part of the
+    prompt.
+
+    ``.jsonl``: one JSON object per non-blank line with a ``prompt`` (or ``caption``) string.
+    ``.json``: a list of strings. Prompts from JSON files are taken exactly (no stripping, no comments).
+
+    Returns:
+        The prompts (non-empty list of str).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: unknown format or no prompts.
+        FileNotFoundError: no such file. ValueError: the file is not UTF-8, a JSON line lacks its field, or
+            the file holds no prompts.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: prompts files must be UTF-8 text ({exc})") from exc
     if path.suffix == ".json":
         prompts = json.loads(text)
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
@@ -63,7 +89,7 @@ def read_prompts(path: str | Path) -> list[str]:
         if any(p is None for p in prompts):
             raise ValueError(f"{path}: every .jsonl line needs a 'prompt' (or 'caption') field")
     else:
-        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        prompts = [p for p in map(_prompt_line, text.splitlines()) if p is not None]
     if not prompts:
         raise ValueError(f"{path} holds no prompts")
     return prompts
@@ -234,10 +260,12 @@ def sample_checkpoint(
         checkpoint: generator checkpoint (.ckpt from 'infinity-lit generator fit'), or its run folder
             (``runs/generator/<name>``: its checkpoints/last.ckpt).
         out: sample folder to write (resumed if it exists with the same settings).
-        prompts: prompts file (.txt one per line, .jsonl with "prompt", or .json list).
+        prompts: prompts file: .txt UTF-8, one prompt per line, blank lines ignored, lines starting with
+            '#' are comments, '\\#' starts a prompt with '#'; or .jsonl objects with "prompt"; or a .json
+            list of strings (see read_prompts).
         captions_from: instead of a prompts file, a shard directory whose captions are the prompts.
         split: shard split of captions_from.
-        num_images: at most this many prompts (default: all).
+        num_images: at most this many prompts, >= 1 (default: all).
         seed: run seed; image i uses seed + i.
         cfg: classifier-free guidance scale, one value or one per scale (1 skips the unconditional pass;
             reference 4 for evaluation).
@@ -253,7 +281,8 @@ def sample_checkpoint(
         {"written": n, "skipped": n already present, "total": number of prompts}.
 
     Raises:
-        ValueError: neither or both of ``prompts`` / ``captions_from``, or a folder sampled with other settings.
+        ValueError: neither or both of ``prompts`` / ``captions_from``, ``num_images`` < 1, or a folder sampled
+            with other settings.
         FileNotFoundError: no checkpoint (or run folder with a ``checkpoints/last.ckpt``) at ``checkpoint``.
     """
     import torch
@@ -264,6 +293,8 @@ def sample_checkpoint(
 
     if (prompts is None) == (captions_from is None):
         raise ValueError("give exactly one of --prompts FILE or --captions_from SHARD_DIR")
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}; leave it unset for all prompts")
     checkpoint = resolve_checkpoint(checkpoint)  # a run folder stands for its checkpoints/last.ckpt
     if tokenizer_checkpoint is not None:
         tokenizer_checkpoint = resolve_checkpoint(tokenizer_checkpoint)

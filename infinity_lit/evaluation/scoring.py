@@ -179,8 +179,13 @@ def score_generated(
         use_feature_cache: keep / reuse Inception features of unchanged image sets.
         feature_cache_dir: where cached features live (default ``cache_dir() / "features"``).
 
+    Image folders are read recursively; files that cannot be decoded are skipped, named in a warning and
+    in the record's ``warnings``, and listed under ``unreadable_images`` (``num_images`` counts the images
+    read).
+
     Raises:
-        ValueError: a set has fewer than 2 images. FileNotFoundError: missing folders / weights files.
+        ValueError: a set has fewer than 2 images, or none of its files can be read. FileNotFoundError:
+            missing folders / weights files.
     """
     gen = open_image_set(generated)
     if gen.kind != "folder":
@@ -188,8 +193,11 @@ def score_generated(
             f"{str(generated)!r} is a shard directory; 'eval score' scores a folder of generated images"
         )
     ref = open_image_set(reference, split=reference_split, max_images=max_reference)
-    n_gen, n_ref = len(gen), len(ref)
+    # Reading both sets through first finds their unreadable files, so every count below is exact.
+    gen_content, ref_content = gen.content(), ref.content()
+    n_gen, n_ref = gen_content["images"], ref_content["images"]
     warnings_ = check_set_sizes(n_gen, n_ref)
+    warnings_ += [w for w in (gen.unreadable_warning(), ref.unreadable_warning()) if w]
 
     weights_path = inception_weights_path(inception_weights)
     group = ranks()
@@ -228,10 +236,12 @@ def score_generated(
         "generated": str(generated),
         "reference": ref.describe(),
         # What both sets hold (pixel hashes, sizes, formats): equal wherever the sets are copied to.
-        "generated_content": gen.content(),
-        "reference_content": ref.content(),
+        "generated_content": gen_content,
+        "reference_content": ref_content,
         "num_images": n_gen,
         "num_reference_images": n_ref,
+        # Files skipped because they cannot be decoded (relative path or SHARD/KEY → reason).
+        "unreadable_images": {"generated": dict(gen.unreadable), "reference": dict(ref.unreadable)},
         "sampling": summarize_settings(records),
         "weights": {
             "inception": str(weights_path),

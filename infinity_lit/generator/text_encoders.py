@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,7 @@ class TextEncoder(nn.Module):
     Args:
         name: the encoder kind (part of the cache identity).
         path: the weights directory (part of the cache identity).
-        max_length: captions are truncated to this many tokens (including special tokens).
+        max_length: captions are truncated to this many tokens (including special tokens), with a warning.
         cache: keep each caption's features in memory after its first encoding.
         cache_dir: also store features on disk under ``cache_dir/<identity hash>/``; implies ``cache``.
 
@@ -186,12 +187,21 @@ class TextEncoder(nn.Module):
             captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
 
+    def count_truncated(self, captions: Sequence[str]) -> int:
+        """How many of ``captions`` have more than ``max_length`` tokens (special tokens included), i.e.
+        lose their end to truncation when encoded."""
+        ids = self.tokenizer(list(captions), truncation=False, padding=False, verbose=False)["input_ids"]
+        return sum(len(row) > self.max_length for row in ids)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def forward(self, captions: Sequence[str]) -> TextFeatures:
         """Encode captions.
+
+        Captions longer than ``max_length`` tokens are truncated (their end is dropped), with one
+        ``UserWarning`` per call giving how many and the limit (cached captions included).
 
         Args:
             captions: B strings (may be empty strings).
@@ -201,13 +211,21 @@ class TextEncoder(nn.Module):
             caption in tokens, ≤ max_length), mask (B, T) bool, pooled (B, C_text) float32.
 
         Raises:
-            TypeError: ``captions`` is a single string or holds non-strings.
+            TypeError: ``captions`` is a single string or holds non-strings. ValueError: no captions.
         """
         if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
             raise TypeError("captions must be a list of strings (one per image)")
         captions = list(captions)
         if not captions:
             raise ValueError("captions is empty; pass at least one caption")
+        truncated = self.count_truncated(captions)
+        if truncated:
+            warnings.warn(
+                f"{truncated} of {len(captions)} caption(s) exceed the {self.name} text encoder's limit of "
+                f"{self.max_length} tokens and were truncated; raise max_length (the generator's "
+                "text_max_length) or shorten them",
+                stacklevel=2,
+            )
         if not self.cache_enabled:
             return self._run(captions)
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache and not self._load_cached(c)]

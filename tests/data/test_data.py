@@ -418,6 +418,19 @@ def test_corrupt_sample_is_skipped_and_counted(
         list(strict.val_dataloader())
 
 
+def test_iter_samples_can_leave_the_report_to_its_caller(openmoji_shards: Path, tmp_path: Path) -> None:
+    import warnings
+
+    data_dir = tmp_path / "corrupt"
+    bad = _corrupt_one_val_png(openmoji_shards, data_dir)
+    unreadable: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # recorded, not warned per sample
+        keys = [key for key, _, _ in iter_samples(data_dir, "val", unreadable=unreadable)]
+    assert sorted([*keys, bad]) == sorted(_val_keys(openmoji_shards))
+    assert list(unreadable) == [f"val-000000.tar/{bad}"]
+
+
 def test_datamodule_in_lightning_fit(openmoji_shards: Path, tmp_path: Path) -> None:
     import lightning as L
 
@@ -520,6 +533,46 @@ def test_folder_builder(tmp_path: Path) -> None:
     (images / "plain.txt").write_text("now captioned")
     changed = build_folder_shards(images, out, 32, captions=captions, val_fraction=0.0, progress=False)
     assert changed["reused"] is False and changed["uncaptioned"] == 0
+
+
+def test_folder_builder_converts_bit_depths_and_modes(tmp_path: Path) -> None:
+    """16-bit grey used to come out white (Pillow clips at 255); every mode goes through the one loader."""
+    images = tmp_path / "images"
+    (images / "deep").mkdir(parents=True)
+    Image.fromarray(np.full((32, 32), 32768, dtype=np.uint16)).save(images / "grey16.png")  # mode I;16
+    Image.fromarray(np.full((32, 32), 1000, dtype=np.int32)).save(images / "deep" / "int32.tif")  # mode I
+    palette = Image.new("P", (32, 32), 0)
+    palette.putpalette([255, 0, 0, 0, 0, 255])
+    palette.paste(1, (0, 0, 32, 16))  # top half blue (index 1), bottom half index 0, transparent
+    palette.save(images / "palette.gif", transparency=0)
+    Image.new("CMYK", (32, 32), (0, 0, 0, 128)).save(images / "cmyk.tif")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    (images / "deep" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (images / "junk.png").write_bytes(b"not a png")
+    out = tmp_path / "shards"
+    with pytest.warns(UserWarning) as caught:
+        manifest = build_folder_shards(images, out, 32, val_fraction=0.0, progress=False)
+    skipped = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert len(skipped) == 1 and "skipped 2 unreadable image(s)" in skipped[0]
+    assert "deep/cut.jpg (" in skipped[0] and "junk.png (" in skipped[0] and "truncated" in skipped[0]
+    assert manifest["skipped"] == {"count": 2, "reasons": {"unreadable_image": 2}}
+    assert list(manifest["unreadable_images"]) == ["deep/cut.jpg", "junk.png"]
+    got = {key: np.asarray(image) for key, image, _ in iter_samples(out, "train")}
+    assert sorted(got) == ["cmyk", "deep_int32", "grey16", "palette"]
+    assert (got["grey16"] == 128).all()  # 32768 >> 8, not white
+    assert (got["deep_int32"] == 1000 >> 8).all()
+    assert (got["palette"][:16] == (0, 0, 255)).all() and (got["palette"][16:] == 255).all()
+    assert (got["cmyk"] == 127).all()  # 255 · (255 − 128) / 255
+
+
+def test_folder_builder_with_no_readable_image_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"none of the 2 image\(s\).*a\.png.*b\.jpg.*re-save"):
+        build_folder_shards(tmp_path, tmp_path / "out", 8, progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_folder_builder_bad_jsonl_line(tmp_path: Path) -> None:

@@ -130,6 +130,34 @@ def test_read_prompts_formats(tmp_path):
         read_prompts(tmp_path / "empty.txt")
 
 
+def test_read_prompts_txt_format(tmp_path):
+    r"""UTF-8, one prompt per line, stripped; blank lines and '#' comment lines dropped; '\#' escapes."""
+    lines = [
+        "\ufeff# a comment on the first line, after a byte-order mark",
+        "  a café at night  ",
+        "",
+        "   ",
+        "   # an indented comment",
+        r"\#1 on the chart",
+        r"\\# starts with a backslash",
+        r"\plain backslash kept",
+        "a #hashtag inside stays",
+        "😀 grinning face",
+    ]
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert read_prompts(tmp_path / "p.txt") == [
+        "a café at night",
+        "#1 on the chart",
+        r"\# starts with a backslash",
+        r"\plain backslash kept",
+        "a #hashtag inside stays",
+        "😀 grinning face",
+    ]
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="UTF-8"):
+        read_prompts(tmp_path / "latin1.txt")
+
+
 def test_eval_sample_with_tiny_generator(tmp_path, tiny_generator_ckpt):
     (tmp_path / "prompts.txt").write_text("a red apple\na smiling face\na cat\n", encoding="utf-8")
 
@@ -228,6 +256,66 @@ def test_eval_score_rejects_tiny_sets(tmp_path, inception_weights):
         )
 
 
+def _truncated_jpeg(path: Path) -> Path:
+    """A valid 32×32 JPEG cut to half its bytes."""
+    import io
+
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
+def _random_pngs(folder: Path, names: list[str], seed: int = 0, size: int = 32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = []
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        images.append(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g))
+        write_png(images[-1], folder / name)
+    return images
+
+
+def test_eval_score_skips_and_records_unreadable_reference_images(tmp_path, monkeypatch):
+    """A truncated JPEG in a reference sub-folder used to crash ``eval score`` without naming the file.
+
+    Inception is replaced by per-image channel means and standard deviations (the network is not what is
+    tested here: which images are read, and what the record says about the others).
+    """
+    from infinity_lit.evaluation.scoring import score_generated
+
+    def features(_model, batch, _batch_size=50):
+        x = batch.double()
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)  # (N, 6) float64
+
+    seen: list[int] = []
+    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
+    monkeypatch.setattr(
+        "infinity_lit.evaluation.scoring.inception_features",
+        lambda m, b, bs=50: seen.append(len(b)) or features(m, b, bs),
+    )
+    gen = tmp_path / "samples"
+    _random_pngs(gen, ["000000.png", "000001.png", "000002.png"], seed=1)
+    ref = tmp_path / "reference"
+    _random_pngs(ref, ["a.png", "b.png", "sub/c.png"], seed=2)
+    _truncated_jpeg(ref / "sub" / "cut.jpg")
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"stand-in")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\) in .*reference: sub/cut\.jpg \("):
+        record = score_generated(gen, ref, inception_weights=weights, use_feature_cache=False)
+    assert record["num_images"] == 3 and record["num_reference_images"] == 3  # sub/c.png is read
+    assert sum(seen) == 6
+    assert list(record["unreadable_images"]["reference"]) == ["sub/cut.jpg"]
+    assert "truncated" in record["unreadable_images"]["reference"]["sub/cut.jpg"]
+    assert record["unreadable_images"]["generated"] == {}
+    assert any("sub/cut.jpg" in w for w in record["warnings"])
+    assert record["reference_content"]["images"] == 3 and record["reference_content"]["format"] == "PNG files"
+
+
 # ------------------------------------------------------------------------------------------------ recon
 
 
@@ -259,6 +347,24 @@ def test_eval_recon_on_openmoji(tmp_path, openmoji_shards, inception_weights, ti
     mtime = path.stat().st_mtime_ns
     main(args)  # same inputs: nothing recomputed
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_eval_recon_on_a_folder_reads_subfolders_and_records_unreadable(tmp_path, tiny_tokenizer_ckpt):
+    from infinity_lit.evaluation.recon import reconstruction_record
+
+    data = tmp_path / "photos"
+    _random_pngs(data, ["x.png", "trip/y.png", "trip/day2/z.png"])
+    _truncated_jpeg(data / "trip" / "cut.jpg")
+    (data / "notes.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\)") as caught:
+        record = reconstruction_record(tiny_tokenizer_ckpt, data, tmp_path / "recon", rfid=False)
+    message = next(str(w.message) for w in caught if "unreadable" in str(w.message))
+    assert "trip/cut.jpg (" in message and "notes.png (" in message
+    assert record["num_images"] == 3
+    assert list(record["unreadable_images"]) == ["notes.png", "trip/cut.jpg"]  # reading order
+    assert any("trip/cut.jpg" in w for w in record["warnings"])
+    written = json.loads((tmp_path / "recon" / "metrics.json").read_text(encoding="utf-8"))
+    assert written["unreadable_images"] == record["unreadable_images"]
 
 
 # ------------------------------------------------------------------------------------------------ TensorBoard
@@ -520,3 +626,82 @@ def test_image_set_content_follows_pixels_not_places(tmp_path, openmoji_shards):
     assert shards["format"] == "webdataset shards" and shards["images"] == len(
         open_image_set(openmoji_shards)
     )
+
+
+def test_image_set_folder_is_recursive_and_skips_unreadable_once(tmp_path):
+    from infinity_lit.evaluation.images import open_image_set
+
+    folder = tmp_path / "set"
+    images = _random_pngs(folder, ["000000.png", "000001.png", "sub/000000.png", "sub/deep/a.png"], size=8)
+    _truncated_jpeg(folder / "sub" / "cut.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / ".hidden.png").write_bytes(b"ignored")
+    records = [{"file": "000001.png", "prompt": "flat"}, {"file": "sub/000000.png", "prompt": "nested"}]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    image_set = open_image_set(folder)
+    assert len(image_set) == 6  # files, before any is decoded
+    with pytest.warns(UserWarning) as caught:
+        items = list(image_set.iter_items())
+    assert [str(w.message) for w in caught] == [
+        f"skipped 2 unreadable image(s) in {folder}: broken.png ({image_set.unreadable['broken.png']}); "
+        f"sub/cut.jpg ({image_set.unreadable['sub/cut.jpg']})"
+    ]
+    # Keys: relative paths (flat names as before), sorted by path parts; prompts by metadata "file".
+    assert [(k, c) for k, _, c in items] == [
+        ("000000.png", None),
+        ("000001.png", "flat"),
+        ("sub/000000.png", "nested"),
+        ("sub/deep/a.png", None),
+    ]
+    assert all(torch.equal(im, ref) for (_, im, _), ref in zip(items, images))
+    assert "truncated" in image_set.unreadable["sub/cut.jpg"]
+    assert len(image_set) == 4  # exact once read through
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second pass does not warn again
+        content = image_set.content()
+    assert content["images"] == 4 and content["format"] == "PNG files"
+    assert image_set.unreadable_warning().startswith("skipped 2 unreadable image(s)")
+    # max_images counts images read; the pass stops without decoding more.
+    two = open_image_set(folder, max_images=2)
+    assert [k for k, _, _ in two.iter_items()] == ["000000.png", "000001.png"] and two.unreadable == {}
+
+
+def test_image_set_with_no_readable_image_says_what_to_do(tmp_path):
+    from infinity_lit.evaluation.images import open_image_set
+
+    _truncated_jpeg(tmp_path / "set" / "a.jpg")
+    (tmp_path / "set" / "b.png").write_bytes(b"")
+    with pytest.raises(
+        ValueError, match=r"none of the 2 image\(s\) in .*set could be read \(a\.jpg \(.*b\.png"
+    ):
+        open_image_set(tmp_path / "set").content()
+
+
+def test_image_set_of_shards_skips_and_reports_a_corrupt_sample(tmp_path, openmoji_shards):
+    import io
+    import shutil
+    import tarfile
+
+    from infinity_lit.evaluation.images import open_image_set
+
+    data = tmp_path / "shards"
+    shutil.copytree(openmoji_shards, data)
+    shard = data / "val-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}
+    victim = sorted(n for n in members if n.endswith(".png"))[0]
+    with tarfile.open(shard, "w") as tar:
+        for name, payload in members.items():
+            payload = b"not a png" if name == victim else payload
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    image_set = open_image_set(data, split="val")
+    n = len(image_set)
+    with pytest.warns(UserWarning) as caught:
+        content = image_set.content()
+    bad = f"val-000000.tar/{victim.split('.', 1)[0]}"
+    reports = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert [r.split(": ", 1)[0] for r in reports] == [f"skipped 1 unreadable image(s) in {data} (val split)"]
+    assert list(image_set.unreadable) == [bad] and bad in reports[0]
+    assert content["images"] == n - 1 == len(image_set)

@@ -63,7 +63,8 @@ def test_minilm_weights_are_the_trained_ones(minilm):
 
 def test_minilm_truncates(minilm):
     long = " ".join(["word"] * 100)
-    assert minilm([long]).tokens.shape[1] == 32
+    with pytest.warns(UserWarning, match="1 of 1 caption.*limit of 32 tokens"):
+        assert minilm([long]).tokens.shape[1] == 32
 
 
 def test_cache_memory_and_disk(tmp_path, minilm):
@@ -163,6 +164,30 @@ def test_t5_matches_direct_model_call(tiny_t5_dir):
         torch.testing.assert_close(out.tokens[i, :n], ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.pooled[i], ref.mean(0), atol=1e-5, rtol=1e-5)
     _check_padding_invariance(enc, caps)
+
+
+def test_truncation_warns_once_per_call_with_count_and_limit(tiny_t5_dir, tmp_path):
+    import warnings
+
+    enc = build_text_encoder("t5", path=tiny_t5_dir, max_length=8, cache_dir=tmp_path)
+    # Tiny T5 tokens: one per word, plus </s>. 7 words + </s> = 8 tokens fit; 8 or 10 words do not.
+    fits = "a red apple on the table next"
+    over = ["a red apple on the table next to", "a red apple on the table next to green pear"]
+    assert [len(enc.tokenizer(c)["input_ids"]) for c in (fits, *over)] == [8, 9, 11]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc([fits, "grinning face"])  # nothing truncated, no warning
+    with pytest.warns(UserWarning) as caught:
+        out = enc([over[0], fits, over[1], over[1]])
+    assert [str(w.message) for w in caught] == [
+        "3 of 4 caption(s) exceed the t5 text encoder's limit of 8 tokens and were truncated; raise "
+        "max_length (the generator's text_max_length) or shorten them"
+    ]
+    assert out.tokens.shape[1] == 8 and out.mask.sum(1).tolist() == [8, 8, 8, 8]
+    # Cached captions are counted too: the warning is about this call's captions.
+    enc._encode = lambda caps: pytest.fail("should come from the cache")
+    with pytest.warns(UserWarning, match="^1 of 1 caption"):
+        enc([over[1]])
 
 
 def test_clip_pooled_is_the_eos_feature(tiny_clip_dir):
