@@ -204,7 +204,10 @@ def reconstruction_record(
             previous.update(path=str(path), reused=True)
             return previous
 
-    model = load_tokenizer(tokenizer, map_location=device, use_ema=use_ema)
+    from infinity_lit.checkpoints import TOKENIZER, read_checkpoint
+
+    source = read_checkpoint(tokenizer, TOKENIZER)
+    model = load_tokenizer(source, map_location=device, use_ema=use_ema)
     height, width = model.config.image_size
 
     def float_batches():
@@ -230,6 +233,8 @@ def reconstruction_record(
     record = {
         "kind": "reconstruction",
         "checkpoint": str(tokenizer),
+        # Which weights were scored: path, global step, weights digest (``Checkpoint.identity``).
+        "tokenizer": source.identity(use_ema=use_ema),
         "num_images": result.num_images,
         "inputs": inputs,
         "image_size": [height, width],

@@ -334,6 +334,11 @@ def test_eval_recon_on_openmoji(tmp_path, openmoji_shards, inception_weights, ti
     assert rec["kind"] == "reconstruction" and rec["num_images"] == 6
     assert sorted(m["psnr_per_scale"]) == ["1", "2", "3"] and m["psnr"] == m["psnr_per_scale"]["3"]
     assert m["rfid"] > 0 and any("fewer than the feature dimension" in w for w in rec["warnings"])
+    # Which weights were scored, by content: the digest of the checkpoint's tokenizer weights.
+    from infinity_lit.checkpoints import TOKENIZER, read_checkpoint, weights_digest
+
+    assert rec["tokenizer"]["weights_sha256"] == weights_digest(read_checkpoint(ckpt, TOKENIZER).weights())
+    assert rec["tokenizer"]["path"] == str(ckpt.resolve())
 
     # Independent: the tokenizer's own progressive reconstruction of the same 6 validation images.
     images, _, _ = load_split(openmoji_shards, "val", 32)
