@@ -2,23 +2,32 @@
 
     infinity-lit data openmoji|folder ...          build webdataset shards
     infinity-lit tokenizer fit|validate|test ...   LightningCLI for the tokenizer
-    infinity-lit generator fit|validate|test|predict ...   LightningCLI for the generator
-    infinity-lit eval sample|score|recon|report    evaluation suite
+    infinity-lit generator fit|validate|test ...   LightningCLI for the generator
+    infinity-lit eval sample|score|recon|report    evaluation suite (sampling images is 'eval sample')
     infinity-lit sample ...                        alias of 'eval sample'
     infinity-lit quickstart                        the whole method on OpenMoji, end to end
     infinity-lit study run|status|report|check     studies over arms × seeds
-    infinity-lit study run|status|report|check     studies over arms × seeds
 
 This package is the top floor: argv only, one module per command group (``train``, ``data``, ``eval``,
-``quickstart``), each calling library functions; nothing in the library imports it. A group is imported
-only when used, so ``--help`` of one group does not pay for the imports of the others.
+``quickstart``, ``study``), each calling library functions; nothing in the library imports it. A group is
+imported only when used, so ``--help`` of one group does not pay for the imports of the others.
+
+Errors. A mistake in what was asked for (a bad option or value, a missing file or folder, a file that is
+not a checkpoint, a bad config or study spec) prints ``error: <message>`` (and at most one hint line) on
+stderr and exits with status 2; any other exception is a bug and shows its traceback. ``infinity-lit
+--debug GROUP …`` (or ``INFINITY_LIT_DEBUG=1``) shows the traceback of every error, and jsonargparse's full
+usage on a bad option.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
 from typing import Any
+
+from .common import DEBUG_ENV, debug_enabled, one_line
 
 #: group → ("module:function" called with the remaining argv, one-line help).
 GROUPS: dict[str, tuple[str, str]] = {
@@ -42,9 +51,13 @@ GROUPS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: infinity-lit GROUP [ARGS...]", "", "groups:"]
+    lines = ["usage: infinity-lit [--debug] GROUP [ARGS...]", "", "groups:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in GROUPS.items()]
-    lines += ["", "Run 'infinity-lit GROUP --help' for a group's options."]
+    lines += [
+        "",
+        "Run 'infinity-lit GROUP --help' for a group's options.",
+        f"--debug (or {DEBUG_ENV}=1): show the traceback of an error.",
+    ]
     return "\n".join(lines)
 
 
@@ -56,13 +69,66 @@ def run(argv: list[str] | None = None) -> Any:
         return None
     group, rest = argv[0], argv[1:]
     if group not in GROUPS:
-        print(f"infinity-lit: unknown group {group!r}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"error: unknown group {group!r} (choose from {', '.join(GROUPS)})\nsee `infinity-lit --help`",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     module, _, function = GROUPS[group][0].partition(":")
     return getattr(importlib.import_module(module), function)(rest)
 
 
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is a mistake in what the user asked for rather than a bug.
+
+    User errors: a parse error (``argparse.ArgumentError``, which jsonargparse raises too), a path that does
+    not exist or cannot be used (``FileNotFoundError``, ``FileExistsError`` such as ``runs.RunExistsError``,
+    ``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError``), Lightning's
+    ``MisconfigurationException`` (e.g. an accelerator the machine lacks), this package's ``ValueError``
+    classes (``checkpoints.CheckpointError``, ``studies.spec.StudyError``) and a ``ValueError`` raised by
+    this package's own checks (a bad value). A ``ValueError`` raised inside another library (torch,
+    numpy …) is not: it is a bug here.
+    """
+    if isinstance(
+        err,
+        (
+            argparse.ArgumentError,
+            FileNotFoundError,
+            FileExistsError,
+            NotADirectoryError,
+            IsADirectoryError,
+            PermissionError,
+        ),
+    ):
+        return True
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    if lightning is not None and isinstance(err, lightning.MisconfigurationException):
+        return True
+    if not isinstance(err, ValueError):
+        return False
+    if type(err).__module__.startswith("infinity_lit."):  # CheckpointError, StudyError, …
+        return True
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("infinity_lit.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The ``infinity-lit`` console script: ``run`` without a return value (a group that fails exits with a
-    non-zero status itself)."""
-    run(argv)
+    """The ``infinity-lit`` console script: ``run`` without a return value.
+
+    A user error (``is_user_error``) prints ``error: <message>`` on one line of stderr and exits with
+    status 2; ``--debug`` before the group (or ``INFINITY_LIT_DEBUG=1``) lets it propagate with its
+    traceback. Any other exception propagates as it is (a bug: its traceback is the report).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"]:
+        argv = argv[1:]
+        os.environ[DEBUG_ENV] = "1"  # also seen by the parsers and by processes this one starts
+    try:
+        run(argv)
+    except Exception as err:
+        if debug_enabled() or not is_user_error(err):
+            raise
+        print(f"error: {one_line(str(err)) or type(err).__name__}", file=sys.stderr)
+        raise SystemExit(2) from None

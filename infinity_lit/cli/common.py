@@ -7,10 +7,53 @@ help (jsonargparse), and ``--config FILE.yaml`` supplies any of them. No default
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
+
+#: Environment variable that shows the full traceback of a user error (as ``infinity-lit --debug …`` does) and
+#: jsonargparse's full usage on a bad option.
+DEBUG_ENV = "INFINITY_LIT_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether ``DEBUG_ENV`` is set to anything but "", "0", "false" or "no"."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(str(message).split())
+
+
+class ShortErrors:
+    """Mixin for a jsonargparse parser: a bad option or value prints two lines on stderr (the error, and the
+    command whose ``--help`` lists the options) and exits with status 2, instead of the whole usage.
+
+    A parser built with ``exit_on_error=False`` raises as jsonargparse does; with ``DEBUG_ENV`` set, the
+    error is jsonargparse's own (full usage).
+    """
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or debug_enabled():
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {one_line(message)}\nsee `{prog} --help`\n")
+        self.exit(2)
+
+
+@functools.cache
+def short_errors(base: type | None = None) -> type:
+    """``base`` (a jsonargparse ``ArgumentParser`` class, default that class itself) with ``ShortErrors``."""
+    if base is None:
+        from jsonargparse import ArgumentParser
+
+        base = ArgumentParser
+    return type(base.__name__, (ShortErrors, base), {})
 
 
 def resolve(target: str | Callable) -> Callable:
@@ -24,9 +67,9 @@ def resolve(target: str | Callable) -> Callable:
 def function_parser(prog: str, fn: Callable, positional: tuple[str, ...] = ()):
     """A jsonargparse parser for ``fn``: ``--config`` plus one option per parameter (``positional``: those
     parameters as positional arguments; a name ending in "+" takes one or more values)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
 
-    parser = ArgumentParser(prog=prog, description=(fn.__doc__ or "").split("\n")[0])
+    parser = short_errors()(prog=prog, description=(fn.__doc__ or "").split("\n")[0], allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     names = []
     for name in positional:
@@ -61,10 +104,8 @@ def group_parser(
     positional: Mapping[str, tuple[str, ...]] | None = None,
 ):
     """A parser with one sub-command per function of ``commands``; returns (parser, {name: function})."""
-    from jsonargparse import ArgumentParser
-
     positional = positional or {}
-    parser = ArgumentParser(prog=prog, description=description)
+    parser = short_errors()(prog=prog, description=description, allow_abbrev=False)
     subcommands = parser.add_subcommands(dest="command")
     functions = {name: resolve(target) for name, target in commands.items()}
     for name, fn in functions.items():

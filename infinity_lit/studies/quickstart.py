@@ -279,6 +279,19 @@ PSNR_FLOOR_DB = 20.0
 GAP_CLOSED_FLOOR = 0.5
 
 
+def gap_closed_text(gap: float, fid_untrained: float, fid_reconstructions: float) -> str:
+    """The "FID gap closed" headline value: the share with its verdict against ``GAP_CLOSED_FLOOR``, or,
+    when there is no gap to close (``gap_closed`` is NaN), why not."""
+    if math.isfinite(gap):
+        return f"{gap:.2f} ({'meets' if gap >= GAP_CLOSED_FLOOR else 'BELOW'})"
+    if math.isfinite(fid_untrained) and math.isfinite(fid_reconstructions):
+        return (
+            f"n/a (untrained FID {fid_untrained:.1f} ≤ reconstruction-ceiling FID {fid_reconstructions:.1f}: "
+            "no gap to close)"
+        )
+    return "n/a (needs a finite untrained FID and reconstruction-ceiling FID)"
+
+
 def headline_rows(summary: dict) -> list[tuple[str, str]]:
     """(label, value) rows of the quickstart's headline numbers, with the floors they are held to."""
     m = summary["metrics"]
@@ -299,7 +312,7 @@ def headline_rows(summary: dict) -> list[tuple[str, str]]:
         ("FID tokenizer reconstructions (ceiling)", f"{m['fid_reconstructions']:.1f}"),
         (
             f"FID gap closed (floor {GAP_CLOSED_FLOOR})",
-            f"{m['fid_gap_closed']:.2f} ({verdict(m['fid_gap_closed'] >= GAP_CLOSED_FLOOR)})",
+            gap_closed_text(m["fid_gap_closed"], m["fid_untrained"], m["fid_reconstructions"]),
         ),
         ("CLIP score", clip if isinstance(clip, str) else f"{clip:.2f}"),
         ("sampling", f"cfg {summary['cfg']}, τ {summary['tau']}, seed {summary['seed']}"),

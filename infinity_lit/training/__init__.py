@@ -3,6 +3,7 @@ learning-rate schedule, and frozen stages.
 
 lightning_cli   RunCLI, run_cli (one LightningCLI for ``infinity-lit tokenizer`` and ``generator``)
 callbacks       HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
+progress        StepProgressBar (the training bar: steps / max_steps on a step-bounded run)
 checkpointing   RunCheckpoint (``--checkpoint.*``: last.ckpt always the latest state, best.ckpt apart)
 optim           OptimizerConfig (``model.optimizer``: AdamW + schedule settings of both modules)
 schedules       lr_factor, warmup_cosine (the one warm-up + cosine / constant learning-rate factor)

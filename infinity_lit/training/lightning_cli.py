@@ -12,12 +12,19 @@ Where a run goes is ``infinity_lit.runs``: ``fit`` writes ``runs/<model>/<run_na
 holds checkpoints is refused unless ``--ckpt_path`` resumes from one of them; ``--ckpt_path`` also takes
 a run folder (its ``checkpoints/last.ckpt``). An explicit ``trainer.logger`` ``save_dir`` / ``name`` /
 ``version`` (as the study stages give) takes precedence over ``run_name``.
+
+Options are never abbreviated (``--trainer.max_step`` is an error, not ``max_steps``); a ``--ckpt_path`` that
+is no readable checkpoint stops with one line before Lightning reads it; the training progress bar counts
+steps up to ``max_steps`` on a step-bounded run (``progress.StepProgressBar``); Lightning's messages that
+this set-up causes and no user can act on are silenced (``QUIET_WARNINGS``, ``QUIET_INFO``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,12 +32,15 @@ from typing import Any
 import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from infinity_lit import runs
+from infinity_lit.checkpoints import CheckpointError, load_file
 
 from .callbacks import HParamsWithFinalMetrics
 from .checkpointing import RunCheckpoint
+from .progress import step_progress_bar
 
 
 def _config_files(*configs: Namespace) -> list[str]:
@@ -124,6 +134,54 @@ def configure_run(config: Namespace, subcommand: str | None, top: Namespace | No
     return checkpoints
 
 
+#: Lightning's messages that the way this package calls it causes and that no user can act on (message
+#: regular expressions, matched at the start): passing ``args`` to LightningCLI from the ``infinity-lit``
+#: entry point; torch's deprecation of the ``LeafSpec`` that Lightning's own pytree helper builds; the
+#: ``IterableDataset`` length caveat, which ``ShardDataset`` meets (it splits its samples over workers and
+#: ranks, so its ``__len__`` is exact); a non-empty checkpoint folder, which ``configure_run`` allows only
+#: to a fit that resumes from one of its checkpoints.
+QUIET_WARNINGS = (
+    r"LightningCLI's args parameter is intended to run from within Python",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"Your `IterableDataset` has `__len__` defined",
+    r"Checkpoint directory .* exists and is not empty",
+)
+#: Lightning's info lines of the same kind (an advertisement for a cloud logger).
+QUIET_INFO = ("💡 Tip: For seamless cloud logging",)
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(QUIET_INFO)
+
+
+def quiet_lightning() -> None:
+    """Silence ``QUIET_WARNINGS`` and ``QUIET_INFO`` (only those: every other warning still shows)."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropInfo) for f in logger.filters):
+        logger.addFilter(_DropInfo())
+
+
+def check_ckpt_path(ckpt_path: str) -> None:
+    """Stop with one line (``_user_error``) unless ``ckpt_path`` is a checkpoint file that loads
+    (``infinity_lit.checkpoints.load_file``), before Lightning reads it: its errors for a missing, truncated
+    or non-checkpoint file are a traceback ending in e.g. ``KeyError: 101``."""
+    what = "--ckpt_path checkpoint"
+    try:
+        load_file(
+            ckpt_path, what, missing_hint="pass a .ckpt file or a run folder (its checkpoints/last.ckpt)"
+        )
+    except (FileNotFoundError, CheckpointError, PermissionError, IsADirectoryError) as err:
+        _user_error(str(err))
+    except Exception as err:  # the unpickler's own failures on a file that is no checkpoint at all
+        _user_error(
+            f"{what} {ckpt_path!r} is not a checkpoint file ({type(err).__name__} while reading it); pass a "
+            "checkpoint written by fit (a .ckpt) or its run folder"
+        )
+
+
 def _user_error(message: str) -> None:
     """Stop with ``message`` on one line of stderr and exit status 2, as for a bad option (no traceback:
     nothing has been built or written yet)."""
@@ -144,6 +202,11 @@ class RunCLI(LightningCLI):
         if cls.allowed_subcommands is None:
             return commands
         return {k: v for k, v in commands.items() if k in cls.allowed_subcommands}
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # No abbreviations: "--trainer.max_step" is an error, not max_steps.
+        kwargs.setdefault("allow_abbrev", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
@@ -169,6 +232,24 @@ class RunCLI(LightningCLI):
                     config.ckpt_path = str(runs.resolve_checkpoint(ckpt_path))
                 except FileNotFoundError as err:
                     _user_error(f"--ckpt_path: {err}")
+            check_ckpt_path(config.ckpt_path)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # The default progress bar is StepProgressBar, unless the config names a progress bar or disables it.
+        trainer = self._get(self.config_init, "trainer", default={})
+        given = trainer.get("callbacks")
+        given = [] if given is None else list(given) if isinstance(given, list) else [given]
+        defaults = self.trainer_defaults.get("callbacks") or []
+        defaults = list(defaults) if isinstance(defaults, list) else [defaults]
+        bar = step_progress_bar()
+        if (
+            "callbacks" not in kwargs
+            and bar is not None
+            and trainer.get("enable_progress_bar") is not False
+            and not any(isinstance(c, ProgressBar) for c in given + defaults)
+        ):
+            kwargs["callbacks"] = [*given, bar]
+        return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand
@@ -184,6 +265,8 @@ def run_cli(
     argv: list[str] | None,
     runs_dir: str,
     subcommands: Iterable[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
     **kwargs: Any,
 ) -> LightningCLI:
     """Run LightningCLI for ``model_class`` on ``argv`` (e.g. ``["fit", "--config", "recipe.yaml"]``).
@@ -194,6 +277,9 @@ def run_cli(
         runs_dir: default TensorBoard ``save_dir`` (``runs.model_runs_dir(model)``: runs are written to
             ``runs_dir/<run_name>/``).
         subcommands: the subcommands offered (default: all).
+        prog: the command named in usage lines and error hints (``infinity-lit tokenizer``; default the
+            script's name).
+        description: the first line of ``--help`` (default Lightning's).
         **kwargs: further ``LightningCLI`` arguments (not ``auto_configure_optimizers``: the generic
             ``--optimizer`` / ``--lr_scheduler`` are always off; the optimiser is ``--model.optimizer.*``).
 
@@ -204,6 +290,9 @@ def run_cli(
         # TF32 matmuls on GPUs; CPU fp32 matmuls stay exact fp32.
         torch.set_float32_matmul_precision("high")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    quiet_lightning()
+    parser_kwargs = {k: v for k, v in (("prog", prog), ("description", description)) if v is not None}
+    parser_kwargs.update(kwargs.pop("parser_kwargs", None) or {})
     cli_class = type(
         "RunCLI", (RunCLI,), {"allowed_subcommands": tuple(subcommands) if subcommands is not None else None}
     )
@@ -226,6 +315,7 @@ def run_cli(
         LightningDataModule,
         subclass_mode_data=True,
         args=argv,
+        parser_kwargs=parser_kwargs,
         trainer_defaults=trainer_defaults,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from infinity_lit.cli.quickstart import main
-from infinity_lit.studies.quickstart import gap_closed
+from infinity_lit.studies.quickstart import gap_closed, gap_closed_text, headline_rows
 
 
 def test_gap_closed_formula():
@@ -17,6 +17,36 @@ def test_gap_closed_formula():
     assert gap_closed(100.0, 100.0, 50.0) == 0.0
     assert gap_closed(100.0, 50.0, 50.0) == 1.0
     assert math.isnan(gap_closed(50.0, 40.0, 60.0))
+
+
+def test_gap_closed_is_printed_finite_or_explained():
+    assert gap_closed_text(gap_closed(267.0, 185.0, 98.0), 267.0, 98.0) == "0.49 (BELOW)"
+    assert gap_closed_text(gap_closed(100.0, 50.0, 50.0), 100.0, 50.0) == "1.00 (meets)"
+    # An untrained baseline already at or below the reconstruction ceiling: no gap, said so (was "nan (BELOW)").
+    assert gap_closed_text(gap_closed(50.0, 40.0, 60.0), 50.0, 60.0) == (
+        "n/a (untrained FID 50.0 ≤ reconstruction-ceiling FID 60.0: no gap to close)"
+    )
+    assert gap_closed_text(math.nan, math.nan, 60.0) == (
+        "n/a (needs a finite untrained FID and reconstruction-ceiling FID)"
+    )
+    summary = {
+        "num_eval_images": 6,
+        "cfg": 4.0,
+        "tau": 1.0,
+        "seed": 0,
+        "metrics": {
+            "tokenizer_psnr": 21.0,
+            "tokenizer_ssim": 0.7,
+            "fid_samples": 40.0,
+            "fid_untrained": 50.0,
+            "fid_reconstructions": 60.0,
+            "fid_gap_closed": gap_closed(50.0, 40.0, 60.0),
+            "clip_score": "not computed (no CLIP weights)",
+        },
+    }
+    rows = dict(headline_rows(summary))
+    assert rows["FID gap closed (floor 0.5)"].startswith("n/a (untrained FID 50.0 ≤")
+    assert not any("nan" in value for value in rows.values())
 
 
 def test_quickstart_end_to_end_and_resume(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -459,8 +460,8 @@ def _scalar_tags(run_dir: Path) -> set[str]:
     return set(events.Tags()["scalars"])
 
 
-def test_cli_resolution_that_does_not_fit_the_tokenizer_fails_at_setup(openmoji_shards, tmp_path):
-    with pytest.raises(ValueError, match=r"data resolution 32×32 gives a 4×4 latent grid .* ends at 8×8"):
+def test_cli_resolution_that_does_not_fit_the_tokenizer_fails_at_setup(openmoji_shards, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         _cli(
             [
                 "fit",
@@ -473,6 +474,14 @@ def test_cli_resolution_that_does_not_fit_the_tokenizer_fails_at_setup(openmoji_
                 "--trainer.max_steps=1",
             ]
         )
+    # A user error: one line on stderr (after Lightning's set-up lines), no traceback.
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.fullmatch(
+        r"error: data resolution 32×32 gives a 4×4 latent grid .* ends at 8×8; .*",
+        err.strip().splitlines()[-1],
+    )
 
 
 def test_cli_print_config_of_the_recipe(capsys):
