@@ -111,16 +111,20 @@ def load_file(path: str | Path, what: str = "checkpoint", missing_hint: str | No
         ) from None
     except PermissionError:
         raise
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        # A non-zip file that is not a legacy pickle either ends in a KeyError/IndexError from torch's reader.
         raise _corrupt(path, what, err) from err
 
 
 def _corrupt(path: Path, what: str, err: BaseException) -> CheckpointError:
     text = str(err)
     unpickler = re.search(r"WeightsUnpickler error: *\n?(.+)", text)
-    detail = (
-        unpickler.group(1).strip() if unpickler else (text.splitlines()[0] if text else type(err).__name__)
-    )
+    if isinstance(err, (KeyError, IndexError)):
+        detail = "not a torch.save file"  # torch's legacy reader fails on arbitrary bytes this way
+    else:
+        detail = (
+            unpickler.group(1).strip() if unpickler else (text.splitlines()[0] if text else type(err).__name__)
+        )
     return CheckpointError(
         f"{what} {str(path)!r} is truncated or corrupt ({detail}); it was probably cut "
         "short while being written or copied (a killed job, a full disk): copy it again, or delete it and "

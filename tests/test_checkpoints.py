@@ -69,6 +69,12 @@ def test_garbage_file_is_a_clear_error(tmp_path):
         load_tokenizer(path)
     with pytest.raises(ValueError):  # CheckpointError is a ValueError, as the loaders documented before
         load_file(path)
+    # Bytes that torch's legacy (non-zip) reader trips over with a KeyError / IndexError.
+    for i, junk in enumerate((b"e", b"\x80\x02K\x65.", b"PK")):
+        other = tmp_path / f"junk{i}.ckpt"
+        other.write_bytes(junk)
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            load_file(other)
 
 
 class _Custom:
