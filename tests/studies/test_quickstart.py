@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+from pathlib import Path
 
 import pytest
 
+from infinity_lit import cli
 from infinity_lit.cli.quickstart import main
 from infinity_lit.studies.quickstart import gap_closed, gap_closed_text, headline_rows
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_gap_closed_formula():
@@ -49,8 +54,26 @@ def test_gap_closed_is_printed_finite_or_explained():
     assert not any("nan" in value for value in rows.values())
 
 
-def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
-    out = tmp_path / "qs"
+def readme_evaluation_commands() -> list[list[str]]:
+    """The README's commands to run after ``make quickstart`` (the block that starts with that comment),
+    each as the argv after ``infinity-lit``."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# After `make quickstart`"))
+    commands = []
+    for line in lines[start + 1 :]:
+        if line.startswith("```"):
+            break
+        words = shlex.split(line.split(" #", 1)[0])
+        assert words[0] == "infinity-lit", line
+        commands.append(words[1:])
+    return commands
+
+
+def test_quickstart_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+    # The quickstart's default place (runs/quickstart under the working directory), so that the README's
+    # commands for after it run as written at the end.
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "quickstart"
     args = [
         "--out", str(out),
         "--openmoji_limit", "160",
@@ -92,6 +115,23 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "eval.stale-1" / "DONE.json").is_file()
     new_step = json.loads((out / "generator" / "DONE.json").read_text())["global_step"]
     assert new_step == 3 and changed["generator_checkpoint"] == again["generator_checkpoint"]
+
+    # The README's evaluation commands, as written (the full quickstart's data folder is openmoji64; this
+    # reduced one is openmoji64-160).
+    (out / "data" / "openmoji64").symlink_to("openmoji64-160")
+    (tmp_path / "eval").symlink_to(REPO / "eval")  # the commands run from a checkout's root
+    commands = readme_evaluation_commands()
+    assert [c[:2] for c in commands] == [
+        ["eval", "recon"],
+        ["eval", "sample"],
+        ["eval", "score"],
+        ["eval", "report"],
+    ]
+    for argv in commands:
+        cli.main(argv)
+    assert json.loads((out / "tokenizer/run/eval/recon/metrics.json").read_text())["metrics"]["psnr"] > 0
+    assert json.loads((out / "generator/run/eval/val_cfg4/metrics.json").read_text())["metrics"]["fid"] > 0
+    assert (out / "report_eval" / "report.html").is_file()
 
 
 @pytest.mark.slow
