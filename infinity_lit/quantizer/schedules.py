@@ -5,8 +5,9 @@ The reference square schedule of Infinity (arXiv 2412.04431, §3.1 and its relea
 sides 1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64: 256² images with stride 16 use the first 7 scales
 (16×16 last, 521 tokens), 512² the first 10 and 1024² all 13 (10,521 tokens).
 
-Non-square aspect ratios have schedules of roughly the same area per scale, so that sequence lengths of
-different aspect ratios match. ``aspect_ratio_schedule`` builds them from the square one.
+Non-square aspect ratios follow the reference's dynamic-resolution templates (``ASPECT_RATIO_TEMPLATES``:
+15 aspect ratios h/w from 1/3 to 3, 13 grids each, with about the token count of the square schedule at
+every scale), looked up for an image by the nearest template (``nearest_aspect_ratio``).
 """
 
 from __future__ import annotations
@@ -19,26 +20,80 @@ ScaleSchedule = list[tuple[int, int]]
 #: Latent grid sides of the reference square schedule (Infinity, 1024² uses all 13 scales).
 REFERENCE_SIDES: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)
 
-#: The aspect ratios h/w the reference provides schedules for.
-REFERENCE_ASPECT_RATIOS: tuple[float, ...] = (
-    1 / 3,
-    2 / 5,
-    1 / 2,
-    4 / 7,
-    3 / 5,
-    2 / 3,
-    3 / 4,
-    4 / 5,
-    1.0,
-    5 / 4,
-    4 / 3,
-    3 / 2,
-    5 / 3,
-    7 / 4,
-    2.0,
-    5 / 2,
-    3.0,
+#: Latent grids (h, w) of the reference's dynamic-resolution templates for h/w ≥ 1 (Infinity's released
+#: code, ``infinity/utils/dynamic_resolution.py``; stride 16), 13 scales each; the 1.0 template is the square
+#: schedule. The h/w < 1 templates are these transposed (``ASPECT_RATIO_TEMPLATES``).
+_TALL_TEMPLATES: dict[float, tuple[tuple[int, int], ...]] = {
+    1.0: ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)),
+    1.25: ((1, 1), (2, 2), (3, 3), (5, 4), (10, 8), (15, 12), (20, 16), (25, 20), (30, 24), (35, 28), (45, 36), (55, 44), (70, 56)),
+    1.333: ((1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15), (24, 18), (28, 21), (36, 27), (48, 36), (60, 45), (72, 54)),
+    1.5: ((1, 1), (2, 2), (3, 2), (6, 4), (9, 6), (15, 10), (21, 14), (27, 18), (33, 22), (39, 26), (48, 32), (63, 42), (78, 52)),
+    1.75: ((1, 1), (2, 2), (3, 3), (7, 4), (11, 6), (14, 8), (21, 12), (28, 16), (35, 20), (42, 24), (56, 32), (70, 40), (84, 48)),
+    2.0: ((1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15), (38, 19), (46, 23), (60, 30), (74, 37), (90, 45)),
+    2.5: ((1, 1), (2, 2), (5, 2), (10, 4), (15, 6), (20, 8), (25, 10), (30, 12), (40, 16), (50, 20), (65, 26), (80, 32), (100, 40)),
+    3.0: ((1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12), (45, 15), (54, 18), (72, 24), (90, 30), (111, 37)),
+}  # fmt: skip
+
+
+def _template_key(h_div_w: float) -> float:
+    # The reference names a transposed template by 1/ratio truncated to 3 decimals (4/3 → 0.75, 3/2 → 0.666).
+    return math.floor(h_div_w * 1000 + 1e-9) / 1000
+
+
+#: Dynamic-resolution templates: aspect ratio h/w (the reference's key: 1.333 for 4/3, 0.666 for 2/3, …) →
+#: the 13 latent grids (h, w) of its scale schedule. A schedule of K scales is the first K grids; at the
+#: reference's scale counts ``TEMPLATE_SCALE_COUNTS`` the last grid has the template's aspect ratio
+#: (within 1 %). 15 aspect ratios: 1/3, 2/5, 1/2, 4/7, 2/3, 3/4, 4/5, 1, 5/4, 4/3, 3/2, 7/4, 2, 5/2, 3.
+ASPECT_RATIO_TEMPLATES: dict[float, tuple[tuple[int, int], ...]] = dict(
+    sorted(
+        {
+            **_TALL_TEMPLATES,
+            **{
+                _template_key(1 / r): tuple((w, h) for h, w in g)
+                for r, g in _TALL_TEMPLATES.items()
+                if r != 1.0
+            },
+        }.items()
+    )
 )
+
+#: The aspect ratios h/w of ``ASPECT_RATIO_TEMPLATES``, ascending.
+ASPECT_RATIOS: tuple[float, ...] = tuple(ASPECT_RATIO_TEMPLATES)
+
+#: Scale counts of the reference's presets (7, 10, 12, 13 scales: about 0.06, 0.25, 0.6 and 1 megapixel at
+#: stride 16, i.e. the 256², 512², 768² and 1024² square schedules).
+TEMPLATE_SCALE_COUNTS: tuple[int, ...] = (7, 10, 12, 13)
+
+
+def nearest_aspect_ratio(h_div_w: float) -> float:
+    """The template aspect ratio nearest to ``h_div_w`` (by absolute difference, as the reference assigns
+    an image of height/width ``h_div_w`` to a template; a tie goes to the smaller ratio).
+
+    Raises:
+        ValueError: ``h_div_w`` is not a positive finite number.
+    """
+    if not (math.isfinite(h_div_w) and h_div_w > 0):
+        raise ValueError(f"aspect ratio h/w must be a positive number, got {h_div_w}")
+    return min(ASPECT_RATIOS, key=lambda r: (abs(r - h_div_w), r))
+
+
+def template_schedule(h_div_w: float, num_scales: int) -> ScaleSchedule:
+    """The first ``num_scales`` grids of the template nearest to ``h_div_w`` (``nearest_aspect_ratio``).
+
+    Example: ``template_schedule(0.5, 7)`` = [(1,1), (2,2), (2,4), (3,6), (5,10), (8,16), (11,22)]
+    (a 176×352 image at stride 16, 451 tokens).
+
+    Args:
+        h_div_w: height / width of the image (or the template's key).
+        num_scales: 1..13; ``TEMPLATE_SCALE_COUNTS`` end on the template's aspect ratio.
+
+    Raises:
+        ValueError: ``h_div_w`` not positive, or ``num_scales`` outside 1..13.
+    """
+    grids = ASPECT_RATIO_TEMPLATES[nearest_aspect_ratio(h_div_w)]
+    if not 1 <= num_scales <= len(grids):
+        raise ValueError(f"num_scales must be in 1..{len(grids)}, got {num_scales}")
+    return [tuple(g) for g in grids[:num_scales]]
 
 
 def square_schedule(final_side: int) -> ScaleSchedule:
@@ -61,36 +116,23 @@ def square_schedule(final_side: int) -> ScaleSchedule:
 
 
 def aspect_ratio_schedule(aspect_ratio: float, num_scales: int) -> ScaleSchedule:
-    """Schedule for an aspect ratio ``h/w``, with about the area of the square schedule at each scale.
+    """The reference's schedule for the template aspect ratio ``h/w`` with ``num_scales`` scales.
 
-    Scale k has area ≈ ``REFERENCE_SIDES[k]²`` and shape ratio ≈ ``aspect_ratio``; the first scale is
-    always 1×1. Each side grows monotonically.
-
-    Args:
-        aspect_ratio: h/w, in [1/3, 3].
-        num_scales: number of scales, 1..13.
-
-    Returns:
-        list of ``(h, w)`` pairs, strictly growing in area.
+    ``aspect_ratio`` must be one of ``ASPECT_RATIOS`` (within 1 %, so 4/3 and 2/3 name the 1.333 and 0.666
+    templates); for an image of any shape use ``template_schedule``, which takes the nearest one.
 
     Raises:
-        ValueError: aspect ratio or number of scales out of range.
+        ValueError: an aspect ratio that is no template (the message lists them), or ``num_scales``
+            outside 1..13.
     """
-    if not (1 / 3 - 1e-6 <= aspect_ratio <= 3 + 1e-6):
-        raise ValueError(f"aspect_ratio must be in [1/3, 3], got {aspect_ratio}")
-    if not 1 <= num_scales <= len(REFERENCE_SIDES):
-        raise ValueError(f"num_scales must be in 1..{len(REFERENCE_SIDES)}, got {num_scales}")
-    schedule: ScaleSchedule = []
-    for side in REFERENCE_SIDES[:num_scales]:
-        h = max(1, round(side * math.sqrt(aspect_ratio)))
-        w = max(1, round(side / math.sqrt(aspect_ratio)))
-        if schedule:
-            ph, pw = schedule[-1]
-            h, w = max(h, ph), max(w, pw)
-            if (h, w) == (ph, pw):
-                continue
-        schedule.append((h, w))
-    return schedule
+    nearest = nearest_aspect_ratio(aspect_ratio)
+    if abs(nearest - aspect_ratio) > 0.01 * nearest:
+        listed = ", ".join(f"{r:g}" for r in ASPECT_RATIOS)
+        raise ValueError(
+            f"no scale schedule template for h/w = {aspect_ratio:g}; the templates are {listed} "
+            "(template_schedule picks the nearest for an image)"
+        )
+    return template_schedule(nearest, num_scales)
 
 
 def schedule_for_latent(latent_hw: tuple[int, int], num_scales: int | None = None) -> ScaleSchedule:

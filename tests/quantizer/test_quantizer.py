@@ -308,3 +308,71 @@ def test_quantizer_does_not_import_lightning():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The reference's dynamic-resolution templates (FoundationVision/Infinity, infinity/utils/dynamic_resolution.py),
+# written out by hand from its tables: h/w key → last grid (h, w) of the 7-, 10-, 12- and 13-scale schedules.
+REFERENCE_LAST_GRIDS = {
+    0.333: [(9, 27), (18, 54), (30, 90), (37, 111)],
+    0.4: [(10, 25), (20, 50), (32, 80), (40, 100)],
+    0.5: [(11, 22), (23, 46), (37, 74), (45, 90)],
+    0.571: [(12, 21), (24, 42), (40, 70), (48, 84)],
+    0.666: [(14, 21), (26, 39), (42, 63), (52, 78)],
+    0.75: [(15, 20), (27, 36), (45, 60), (54, 72)],
+    0.8: [(16, 20), (28, 35), (44, 55), (56, 70)],
+    1.0: [(16, 16), (32, 32), (48, 48), (64, 64)],
+    1.25: [(20, 16), (35, 28), (55, 44), (70, 56)],
+    1.333: [(20, 15), (36, 27), (60, 45), (72, 54)],
+    1.5: [(21, 14), (39, 26), (63, 42), (78, 52)],
+    1.75: [(21, 12), (42, 24), (70, 40), (84, 48)],
+    2.0: [(22, 11), (46, 23), (74, 37), (90, 45)],
+    2.5: [(25, 10), (50, 20), (80, 32), (100, 40)],
+    3.0: [(27, 9), (54, 18), (90, 30), (111, 37)],
+}
+# Two whole templates, every scale (h/w = 1/2 is the reference's 2.0 row transposed).
+REFERENCE_TEMPLATE_2 = [(1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15), (38, 19), (46, 23), (60, 30), (74, 37), (90, 45)]  # fmt: skip
+REFERENCE_TEMPLATE_4_3 = [(1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15), (24, 18), (28, 21), (36, 27), (48, 36), (60, 45), (72, 54)]  # fmt: skip
+
+
+def test_aspect_ratio_templates_equal_the_reference_tables():
+    from infinity_lit.quantizer import (
+        ASPECT_RATIO_TEMPLATES,
+        ASPECT_RATIOS,
+        TEMPLATE_SCALE_COUNTS,
+        template_schedule,
+    )
+
+    assert ASPECT_RATIOS == tuple(sorted(REFERENCE_LAST_GRIDS)) and len(ASPECT_RATIOS) == 15
+    assert TEMPLATE_SCALE_COUNTS == (7, 10, 12, 13)
+    for ratio, last_grids in REFERENCE_LAST_GRIDS.items():
+        for num_scales, last in zip(TEMPLATE_SCALE_COUNTS, last_grids):
+            schedule = validate_schedule(template_schedule(ratio, num_scales))
+            assert len(schedule) == num_scales and schedule[-1] == last, (ratio, num_scales)
+            assert abs(last[0] / last[1] - ratio) < 0.01 * ratio  # ends on the template's aspect ratio
+        grids = ASPECT_RATIO_TEMPLATES[ratio]
+        assert len(grids) == 13 and grids[:2] == ((1, 1), (2, 2))
+        # A wide template is its tall twin transposed.
+        twin = min(ASPECT_RATIOS, key=lambda r: abs(r - 1 / ratio))
+        assert ASPECT_RATIO_TEMPLATES[twin] == tuple((w, h) for h, w in grids)
+    assert template_schedule(2.0, 13) == REFERENCE_TEMPLATE_2
+    assert template_schedule(0.5, 13) == [(w, h) for h, w in REFERENCE_TEMPLATE_2]
+    assert template_schedule(4 / 3, 13) == REFERENCE_TEMPLATE_4_3
+    # Sequence lengths of one scale count stay close to the square schedule's (521 tokens at 7 scales).
+    assert all(440 <= num_tokens(template_schedule(r, 7)) <= 670 for r in ASPECT_RATIOS)
+
+
+def test_nearest_template_for_an_image_size():
+    from infinity_lit.quantizer import nearest_aspect_ratio, template_schedule
+
+    assert nearest_aspect_ratio(256 / 512) == 0.5
+    assert nearest_aspect_ratio(1080 / 1920) == 0.571  # 16:9 video frames
+    assert nearest_aspect_ratio(4000 / 6000) == 0.666  # 3:2 photographs
+    assert nearest_aspect_ratio(10.0) == 3.0 and nearest_aspect_ratio(0.01) == 0.333
+    assert nearest_aspect_ratio(0.9) == 0.8  # equidistant from 0.8 and 1.0: the smaller
+    assert template_schedule(1080 / 1920, 7)[-1] == (12, 21)
+    with pytest.raises(ValueError, match="positive"):
+        nearest_aspect_ratio(0.0)
+    with pytest.raises(ValueError, match="num_scales"):
+        template_schedule(1.0, 14)
+    with pytest.raises(ValueError, match=r"no scale schedule template for h/w = 0.6;.*0.571, 0.666"):
+        aspect_ratio_schedule(0.6, 7)
