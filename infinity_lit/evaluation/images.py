@@ -247,7 +247,10 @@ def open_image_set(path: str | Path, split: str = "val", max_images: int | None 
 
     Raises:
         FileNotFoundError: ``path`` does not exist or holds neither shards nor images.
+        ValueError: ``max_images`` below 1 (leave it unset for all images).
     """
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}; leave it unset for all images")
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(

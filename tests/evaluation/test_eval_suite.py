@@ -680,6 +680,9 @@ def test_image_set_with_no_readable_image_says_what_to_do(tmp_path):
         ValueError, match=r"none of the 2 image\(s\) in .*set could be read \(a\.jpg \(.*b\.png"
     ):
         open_image_set(tmp_path / "set").content()
+    for bad in (0, -1):  # never "no images" in silence
+        with pytest.raises(ValueError, match=f"max_images must be at least 1, got {bad}"):
+            open_image_set(tmp_path / "set", max_images=bad)
 
 
 def test_image_set_of_shards_skips_and_reports_a_corrupt_sample(tmp_path, openmoji_shards):
