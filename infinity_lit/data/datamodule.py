@@ -43,6 +43,7 @@ from infinity_lit.data.shards import (
     resize_center_crop,
     split_shards,
 )
+from infinity_lit.training.seeding import run_seed
 
 __all__ = ["ShardDataModule", "ShardDataset"]
 
@@ -53,7 +54,9 @@ class ShardDataset(IterableDataset):
     """Batches of one split of a shard directory, for one rank of a (possibly) distributed job.
 
     Yields dicts ``{"image": float32 (B, 3, resolution, resolution) in [-1, 1], "caption": list[str],
-    "key": list[str]}``. Use with ``DataLoader(dataset, batch_size=None, num_workers=num_workers)``, the
+    "key": list[str], "position": (global worker, raw samples passed, samples yielded) after the batch}``
+    (the position is what resuming mid-epoch needs). Use with ``DataLoader(dataset, batch_size=None,
+    num_workers=num_workers)``, the
     same ``num_workers`` as given here (``ShardDataModule`` does this).
 
     Args:
@@ -115,6 +118,10 @@ class ShardDataset(IterableDataset):
         self.shuffle_buffer, self.seed, self.strict = shuffle_buffer, seed, strict
         self.shard_split_min = shard_split_min
         self.epoch = 0
+        #: Where the next training pass starts (``_EpochDataLoader.load_state_dict`` sets it for one pass):
+        #: "positions", global worker → (raw samples passed, samples yielded), passed over without
+        #: decoding; else "batches", batches of this rank already yielded, decoded again and dropped.
+        self.resume: dict[str, Any] | None = None
         self.skipped = torch.zeros(max(1, num_workers), dtype=torch.int64).share_memory_()
         if not train and self.num_samples < world_size:
             raise ValueError(
@@ -213,10 +220,12 @@ class ShardDataset(IterableDataset):
         yield from buffer
 
     def _decoded(
-        self, samples: Iterator[dict[str, Any]], worker_id: int
-    ) -> Iterator[tuple[str, torch.Tensor, str]]:
+        self, samples: Iterator[dict[str, Any]], worker_id: int, raw_offset: int = 0
+    ) -> Iterator[tuple[str, torch.Tensor, str, int]]:
+        """(key, uint8 image, caption, raw samples consumed so far including this one) per decodable
+        sample; ``raw_offset`` raw samples were passed over before."""
         failures_in_a_row = 0
-        for sample in samples:
+        for raw_count, sample in enumerate(samples, start=raw_offset + 1):
             try:
                 key, image, caption = decode_sample(sample)
             except ValueError as exc:
@@ -231,53 +240,152 @@ class ShardDataset(IterableDataset):
                     ) from exc
                 continue
             failures_in_a_row = 0
-            yield key, image_to_uint8(resize_center_crop(image, self.resolution)), caption
+            yield key, image_to_uint8(resize_center_crop(image, self.resolution)), caption, raw_count
 
-    def _batches(self, items: Iterator[tuple[str, torch.Tensor, str]], *, partial: bool) -> Iterator[Batch]:
+    def _batches(
+        self,
+        items: Iterator[tuple[str, torch.Tensor, str, int]],
+        *,
+        partial: bool,
+        global_worker: int = 0,
+        yielded: int = 0,
+    ) -> Iterator[Batch]:
         while True:
             chunk = list(islice(items, self.batch_size))
             if not chunk or (len(chunk) < self.batch_size and not partial):
                 return
-            keys, images, captions = zip(*chunk)
+            keys, images, captions, raw_counts = zip(*chunk)
+            yielded += len(chunk)
             yield {
                 "image": torch.stack(images).float().div_(127.5).sub_(1.0),  # uint8 [0,255] → [-1,1]
                 "caption": list(captions),
                 "key": list(keys),
+                # (global worker, raw samples passed, samples yielded) after this batch, for resuming.
+                POSITION: (global_worker, raw_counts[-1], yielded),
             }
 
     def __iter__(self) -> Iterator[Batch]:
         worker_id, global_worker = self._worker()
         if self.train:
-            raw = self._train_raw(global_worker)
-            items = islice(self._decoded(raw, worker_id), self.samples_per_worker(global_worker))
-            return self._batches(items, partial=False)
+            return self._train_batches(worker_id, global_worker)
         raw = self._assigned([p for p, _ in self.shards], global_worker)
-        return self._batches(self._decoded(raw, worker_id), partial=True)
+        return self._batches(self._decoded(raw, worker_id), partial=True, global_worker=global_worker)
+
+    def _train_batches(self, worker_id: int, global_worker: int) -> Iterator[Batch]:
+        raw = self._train_raw(global_worker)
+        total = self.samples_per_worker(global_worker)
+        resume = self.resume or {}
+        position = (resume.get("positions") or {}).get(global_worker)
+        passed, yielded = (int(position[0]), int(position[1])) if position is not None else (0, 0)
+        if passed:
+            raw = islice(raw, passed, None)  # read, not decoded
+        items = islice(self._decoded(raw, worker_id, raw_offset=passed), total - yielded)
+        batches = self._batches(items, partial=False, global_worker=global_worker, yielded=yielded)
+        done = int(resume.get("batches") or 0) if position is None else 0
+        if done:
+            # Batches are dealt to the local workers in turn: worker w made the (i·W + w)-th ones.
+            workers = max(1, self.num_workers)
+            batches = islice(batches, -(-(done - worker_id) // workers) if done > worker_id else 0, None)
+        return batches
+
+
+#: Batch key holding (global worker, raw samples passed, samples yielded) after the batch (training data).
+POSITION = "position"
 
 
 class _EpochDataLoader(DataLoader):
-    """A DataLoader that tells its ``ShardDataset`` the epoch before each pass.
+    """A DataLoader that tells its ``ShardDataset`` the epoch before each pass, and a stateful one: Lightning
+    saves ``state_dict()`` in every checkpoint and gives it back to ``load_state_dict`` on resume.
 
     Lightning calls ``set_epoch`` only on samplers, which an IterableDataset does not have; workers are
-    re-created each pass (not persistent), so they receive the updated epoch.
+    re-created each pass (not persistent), so they receive the updated epoch (and where to start).
+
+    The state of a training pass is its epoch, the batches this rank has yielded and, per global worker,
+    where its last yielded batch ended (raw samples passed, samples yielded). A pass resumed in the same
+    epoch starts there: the workers pass over the raw samples already used without decoding them, so no
+    sample of the epoch is seen twice or skipped, undecodable ones included. A worker of another rank (a
+    checkpoint holds rank 0's state) decodes and drops the batches already yielded instead. A state of
+    another epoch (a checkpoint written at an epoch's end) is not used: the next epoch starts afresh.
     """
 
     def __init__(self, dataset: ShardDataset, epoch_fn: Callable[[int], int], **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, persistent_workers=False, **kwargs)
         self._epoch_fn = epoch_fn
         self._passes = 0
+        self._state: dict[str, Any] = {}
+        self._pending: dict[str, Any] | None = None
 
     def __iter__(self):  # type: ignore[override]
-        self.dataset.epoch = self._epoch_fn(self._passes)  # type: ignore[attr-defined]
+        dataset: ShardDataset = self.dataset  # type: ignore[assignment]
+        epoch = self._epoch_fn(self._passes)
+        dataset.epoch = epoch
         self._passes += 1
-        return super().__iter__()
+        pending, self._pending = self._pending, None
+        resume = pending if pending is not None and pending.get("epoch") == epoch and dataset.train else None
+        positions = {int(k): tuple(v) for k, v in ((resume or {}).get("positions") or {}).items()}
+        self._state = {
+            "epoch": epoch,
+            "batches": int((resume or {}).get("batches") or 0),
+            "positions": positions,
+        }
+        dataset.resume = {"batches": self._state["batches"], "positions": positions} if resume else None
+        try:
+            iterator = super().__iter__()  # the workers take their copy of the dataset here
+        finally:
+            dataset.resume = None
+        workers = max(1, dataset.num_workers)
+        if resume and self._state["batches"] % workers:
+            # The DataLoader asks its workers in turn from worker 0; an uninterrupted pass would ask the
+            # worker after the one that made the last batch.
+            iterator = self._in_turn(iterator, workers, self._state["batches"] % workers, dataset.world_size)
+        return self._tracked(iterator)
+
+    @staticmethod
+    def _in_turn(iterator: Iterator[Batch], workers: int, first: int, world_size: int) -> Iterator[Batch]:
+        """Reorder batches that come from local workers 0, 1, …, W−1 in turn into the turn that starts at
+        worker ``first`` (holding back at most one batch per worker)."""
+        held: dict[int, list[Batch]] = {w: [] for w in range(workers)}
+        turn = first
+        exhausted = False
+        while True:
+            while not held[turn] and not exhausted:
+                batch = next(iterator, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                held[int(batch[POSITION][0]) // world_size].append(batch)
+            if held[turn]:
+                yield held[turn].pop(0)
+            elif exhausted and not any(held.values()):
+                return
+            turn = (turn + 1) % workers
+
+    def _tracked(self, iterator: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in iterator:
+            position = batch.get(POSITION) if isinstance(batch, dict) else None
+            if position is not None:
+                self._state["positions"][int(position[0])] = (int(position[1]), int(position[2]))
+            self._state["batches"] += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "batches", "positions"}`` of the current pass (empty before the first)."""
+        if not self._state:
+            return {}
+        positions = {str(k): list(v) for k, v in self._state["positions"].items()}
+        return {"epoch": self._state["epoch"], "batches": self._state["batches"], "positions": positions}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start the next pass where ``state`` (a ``state_dict()``) ended, if it is of that pass's epoch."""
+        self._pending = dict(state) if state else None
 
 
 class ShardDataModule(L.LightningDataModule):
     """Image–caption batches from webdataset shards, for the tokenizer and the generator.
 
     Batches are ``{"image": float32 (B, 3, resolution, resolution) in [-1, 1], "caption": list[str],
-    "key": list[str]}``; images are resized (shorter side, antialiased bicubic) and centre-cropped to
+    "key": list[str], "position": …}`` (``ShardDataset``); images are resized (shorter side, antialiased
+    bicubic) and centre-cropped to
     ``resolution``. Train batches are shuffled and equal in number on every rank; validation and test
     (both the "val" split) visit each sample exactly once per epoch across ranks and workers. Splitting
     across DDP ranks and DataLoader workers is done here (see ``infinity_lit.data.datamodule``), so
@@ -293,7 +401,8 @@ class ShardDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per rank (0 loads in the main process).
         shuffle_buffer: undecoded samples each worker holds for shuffling training data.
         strict: raise on an undecodable sample instead of skipping it.
-        seed: seed of the training order (combined with the epoch number).
+        seed: seed of the training order (combined with the epoch number); None: the run's seed
+            (``seed_everything``, ``training.seeding.run_seed``), so two seeds give two data orders.
         val_batch_size: validation/test batch size per rank; ``None`` uses ``batch_size``.
         pin_memory: pin batches in page-locked memory when CUDA is available.
 
@@ -310,7 +419,7 @@ class ShardDataModule(L.LightningDataModule):
         num_workers: int = 2,
         shuffle_buffer: int = 1000,
         strict: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         val_batch_size: int | None = None,
         pin_memory: bool = True,
     ) -> None:
@@ -371,7 +480,7 @@ class ShardDataModule(L.LightningDataModule):
             world_size=world,
             num_workers=self.num_workers,
             shuffle_buffer=self.shuffle_buffer,
-            seed=self.seed,
+            seed=self.seed if self.seed is not None else run_seed(),
             strict=self.strict,
         )
         self._datasets[name] = dataset

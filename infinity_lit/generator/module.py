@@ -58,6 +58,7 @@ from infinity_lit.tokenizer import load_tokenizer
 from infinity_lit.training.callbacks import epoch_means, log_epoch_means
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
+from infinity_lit.training.seeding import RANDOM_STREAMS, RandomStreams, run_seed
 
 from .sampling import sample
 from .self_correction import BitwiseSelfCorrection, BSCOutput, self_correction_rate
@@ -175,6 +176,9 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         )
         self.transformer = BitwiseTransformer(config)
         self.bsc = BitwiseSelfCorrection(self.tokenizer.quantizer, max_flip_prob, requantize=bsc_requantize)
+        #: The method's random draws (BSC flips, CFG caption dropout), per training batch from the run's seed;
+        #: saved in the checkpoint, so a resumed run draws what an uninterrupted one would.
+        self.random_streams = RandomStreams(("bsc", "cfg_dropout"))
         self.freeze_stages()
         # Weight decay goes to matrices. Told apart here, by name: under FSDP every parameter the optimiser
         # sees is a flat 1-D shard (see ``trainable_parameters``).
@@ -255,11 +259,14 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
     ) -> tuple[BSCOutput, Tensor]:
         with torch.no_grad():
             latent = self.tokenizer.encode(images)
-        bsc = self.bsc if flips else BitwiseSelfCorrection(self.tokenizer.quantizer, 0.0)
-        out = bsc(latent)
+        if flips:
+            out = self.bsc(latent, generator=self.random_streams.generator("bsc", latent.device))
+        else:
+            out = BitwiseSelfCorrection(self.tokenizer.quantizer, 0.0)(latent)
         text = self.text_encoder(captions)
         if drop_text and self.hparams.cfg_dropout > 0:
-            drop = torch.rand(len(captions), device=self.device) < self.hparams.cfg_dropout
+            g = self.random_streams.generator("cfg_dropout", self.device)
+            drop = torch.rand(len(captions), generator=g, device=self.device) < self.hparams.cfg_dropout
             text = self.transformer.drop_text(text, drop)
         logits = self.transformer(out.inputs, text)
         return out, logits
@@ -284,6 +291,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, captions = self._unpack(batch)
+        self.random_streams.next_batch()
         out, logits = self._teacher_forced(images, captions, flips=True, drop_text=True)
         loss, metrics, predicted = self._metrics("train", out, logits)
         metrics["train/flip_prob"] = out.flip_probs.mean()
@@ -385,6 +393,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         callback = getattr(self._trainer, "checkpoint_callback", None) if self._trainer is not None else None
         owner_dir = getattr(callback, "dirpath", None)
         checkpoint[FROZEN_STAGES] = {"tokenizer": frozen_reference(self.tokenizer_identity, owner_dir)}
+        checkpoint[RANDOM_STREAMS] = self.random_streams.state_dict()
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -406,7 +415,14 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
                 f"{self.tokenizer_identity['step']}, sha256 {self.tokenizer_identity['weights_sha256'][:12]}…); "
                 "pass --model.tokenizer_checkpoint with the tokenizer it was trained on, or start a new run"
             )
+        if isinstance(checkpoint.get(RANDOM_STREAMS), Mapping):
+            self.random_streams.load_state_dict(checkpoint[RANDOM_STREAMS])
         super().on_load_checkpoint(checkpoint)
+
+    def on_fit_start(self) -> None:
+        # The run's seed, unless a resumed checkpoint brought the streams' own.
+        self.random_streams.start(run_seed(), self.global_rank)
+        super().on_fit_start()
 
     def on_validation_epoch_end(self) -> None:
         prompts = self.hparams.val_prompts

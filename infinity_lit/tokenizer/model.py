@@ -229,13 +229,17 @@ class BitwiseTokenizer(nn.Module):
         return self.quantizer(z, scale_schedule=scale_schedule, num_scales=num_scales)
 
     def forward(
-        self, images: Tensor, scale_schedule: Sequence[Sequence[int]] | None = None
+        self,
+        images: Tensor,
+        scale_schedule: Sequence[Sequence[int]] | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, MultiScaleOutput]:
         """Reconstruct images through all scales (during training: the scales kept by ``scale_drop_prob``).
 
         Args:
             images: (B, 3, H, W) float in [-1, 1].
             scale_schedule: per-call schedule ending at (H/s, W/s) (default: the tokenizer's).
+            generator: a CPU ``torch.Generator`` for the scale-dropping draw (default torch's global one).
 
         Returns:
             (recon (B, 3, H, W) float in [-1, 1], the quantizer's ``MultiScaleOutput``).
@@ -245,7 +249,7 @@ class BitwiseTokenizer(nn.Module):
         """
         self._check_images(images)
         schedule = self.check_image_size(images.shape[-2], images.shape[-1], scale_schedule)
-        out = self.quantizer(self.encoder(images), scale_schedule=schedule)
+        out = self.quantizer(self.encoder(images), scale_schedule=schedule, generator=generator)
         return self.decoder(out.quantized), out
 
     # ------------------------------------------------------------------ the generator's interface

@@ -46,6 +46,7 @@ from infinity_lit.metrics.reconstruction import psnr, ssim
 from infinity_lit.training.callbacks import epoch_means, log_epoch_means
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
+from infinity_lit.training.seeding import RANDOM_STREAMS, RandomStreams, run_seed
 
 from .discriminator import NormKind, PatchDiscriminator
 from .losses import LPIPS, LeCamEMA, hinge_d_loss, hinge_g_loss
@@ -156,6 +157,8 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
                 "perceptual_weight to 0 to silence this message",
                 perceptual_weight,
             )
+        #: The scale-dropping draw of every training batch, from the run's seed; saved in the checkpoint.
+        self.random_streams = RandomStreams(("scale_drop",))
         self.freeze_stages()
         self._reset_eval_stats()
         # Validation / test metrics as batch-size-weighted epoch means that sum exactly over ranks
@@ -170,6 +173,20 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
     @property
     def config(self) -> TokenizerConfig:
         return self.tokenizer.config
+
+    def on_fit_start(self) -> None:
+        # The run's seed, unless a resumed checkpoint brought the streams' own.
+        self.random_streams.start(run_seed(), self.global_rank)
+        super().on_fit_start()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RANDOM_STREAMS] = self.random_streams.state_dict()
+        super().on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if isinstance(checkpoint.get(RANDOM_STREAMS), Mapping):
+            self.random_streams.load_state_dict(checkpoint[RANDOM_STREAMS])
+        super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
         """Compare the data module's image resolution with the tokenizer's stride and schedule.
@@ -249,8 +266,9 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         gan_on = self._gan_active()
 
         opt_g = optimizers[0]
+        self.random_streams.next_batch()
         with self.toggled_optimizer(opt_g):
-            recon, q = self.tokenizer(images)
+            recon, q = self.tokenizer(images, generator=self.random_streams.generator("scale_drop"))
             terms = self._reconstruction_losses(images, recon)
             loss = hp.l1_weight * terms["l1"] + q.commit_loss + q.entropy_loss
             if "perceptual" in terms:

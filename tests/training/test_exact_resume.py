@@ -1,0 +1,181 @@
+"""Exact resume: N steps straight equal N/2 steps, a checkpoint, and a resumed fit to N, in the learning
+rate, the optimiser moments, the raw and EMA weights, the global step, the method's random streams and
+the data position (mid-epoch and across an epoch's end), for the generator and the tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from infinity_lit.cli import train
+
+EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"use_buffers": False}}
+
+
+def _config(tmp_path: Path, name: str, model: str, shards: Path, tokenizer_ckpt: Path) -> Path:
+    """A tiny recipe: bf16-free CPU fit, EMA, the method's randomness on (BSC flips and CFG dropout for the
+    generator, scale dropping for the tokenizer), one validation at the end of each half."""
+    if model == "generator":
+        module = {
+            "tokenizer_checkpoint": str(tokenizer_ckpt),
+            "transformer": {"depth": 1, "width": 32, "num_heads": 2},
+            "text_max_length": 16,
+            "max_flip_prob": 0.3,
+            "cfg_dropout": 0.5,
+            "optimizer": {"warmup_steps": 2, "lr_schedule": "cosine", "decay_steps": 20},
+            "val_prompts": ["grinning face"],
+        }
+    else:
+        module = {
+            "tokenizer": {
+                "codebook_dim": 6,
+                "scale_schedule": [[1, 1], [2, 2], [4, 4]],
+                "base_channels": 8,
+                "channel_multipliers": [1, 2, 2, 2],
+                "num_res_blocks": 1,
+                "num_groups": 4,
+                "scale_drop_prob": 0.5,
+            },
+            "optimizer": {"warmup_steps": 2, "lr_schedule": "cosine", "decay_steps": 20},
+            "num_log_images": 0,
+        }
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "val_check_interval": 3,
+            "check_val_every_n_epoch": None,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [EMA],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": name, "version": ""},
+            },
+        },
+        "model": module,
+        "data": {
+            "class_path": "infinity_lit.data.ShardDataModule",
+            "init_args": {"data_dir": str(shards), "resolution": 32, "batch_size": 4, "num_workers": 0},
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fit(model: str, config: Path, max_steps: int, ckpt_path: Path | None = None) -> Path:
+    args = ["fit", "-c", str(config), "--trainer.max_steps", str(max_steps)]
+    if ckpt_path is not None:
+        args += ["--ckpt_path", str(ckpt_path)]
+    cli = getattr(train, model)(args)
+    return Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    for key in ("state_dict", "current_model_state"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            diff = (a[key][name].double() - b[key][name].double()).abs().max().item()
+            assert diff <= 1e-6, f"{key} {name}: max difference {diff:.3g}"
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for (i, sa), sb in zip(opt_a["state"].items(), opt_b["state"].values(), strict=True):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                diff = (sa[moment].double() - sb[moment].double()).abs().max().item()
+                assert diff <= 1e-7, f"{moment} of parameter {i}: max difference {diff:.3g}"
+    for sched_a, sched_b in zip(a["lr_schedulers"], b["lr_schedulers"], strict=True):
+        for lr_a, lr_b in zip(sched_a["_last_lr"], sched_b["_last_lr"], strict=True):
+            assert abs(lr_a - lr_b) <= 1e-12
+    assert a["random_streams"] == b["random_streams"]
+    loader = lambda c: c["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # noqa: E731
+    assert loader(a) == loader(b)
+
+
+def _logged_steps(run: Path, tag: str) -> list[int]:
+    from infinity_lit.evaluation.tensorboard import read_scalars
+
+    return [step for step, _ in read_scalars(run)[tag]]
+
+
+@pytest.mark.parametrize("model", ["generator", "tokenizer"])
+@pytest.mark.parametrize("half", [5, 12])  # mid-epoch; at the end of the first epoch (12 batches of 4)
+def test_resume_equals_an_uninterrupted_run(tmp_path, openmoji_shards, tiny_tokenizer_ckpt, model, half):
+    total = half + 4
+    straight = _load(
+        _fit(model, _config(tmp_path, "straight", model, openmoji_shards, tiny_tokenizer_ckpt), total)
+    )
+    config = _config(tmp_path, "resumed", model, openmoji_shards, tiny_tokenizer_ckpt)
+    middle = _fit(model, config, half)
+    assert _load(middle)["global_step"] == half
+    resumed = _load(_fit(model, config, total, ckpt_path=middle))
+    assert straight["global_step"] == total
+    assert straight["random_streams"]["batches"] == total
+    _assert_same_state(straight, resumed)
+    # The resumed run's TensorBoard steps go on from where it stopped: no step logged twice.
+    steps = _logged_steps(tmp_path / "runs" / "resumed", "train/loss" if model == "generator" else "train/l1")
+    assert len(steps) == len(set(steps)) == total
+
+
+def test_the_streams_follow_the_run_seed(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
+    from infinity_lit.training.seeding import RandomStreams
+
+    config = _config(tmp_path, "seed7", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    other = tmp_path / "seed8.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["seed_everything"] = 8
+    data["trainer"]["logger"]["init_args"]["name"] = "seed8"
+    other.write_text(yaml.safe_dump(data))
+    a, b = _load(_fit("generator", config, 3)), _load(_fit("generator", other, 3))
+    assert a["random_streams"] == {"seed": 7, "batches": 3} and b["random_streams"] == {
+        "seed": 8,
+        "batches": 3,
+    }
+    # Same model initialisation is not what differs here: the seed changes the draws of every stream.
+    draws = {}
+    for seed in (7, 8):
+        streams = RandomStreams(("bsc",))
+        streams.start(seed)
+        streams.next_batch()
+        draws[seed] = torch.rand(1000, generator=streams.generator("bsc"))
+    assert not torch.equal(draws[7], draws[8])
+    raw = "current_model_state"
+    assert not torch.equal(a[raw]["transformer.head.weight"], b[raw]["transformer.head.weight"])
+
+
+def test_random_streams_state_and_errors():
+    from infinity_lit.training.seeding import RandomStreams
+
+    streams = RandomStreams(("bsc", "cfg_dropout"))
+    with pytest.raises(RuntimeError, match="start"):
+        streams.generator("bsc")
+    streams.start(3, rank=1)
+    streams.next_batch()
+    g = streams.generator("bsc")
+    first = torch.rand(4, generator=g)
+    assert streams.generator("bsc") is g  # one sequence per batch
+    with pytest.raises(KeyError, match="unknown random stream 'bcs'"):
+        streams.generator("bcs")
+    streams.next_batch()
+    second = torch.rand(4, generator=streams.generator("bsc"))
+    restored = RandomStreams(("bsc", "cfg_dropout"))
+    restored.load_state_dict(streams.state_dict())
+    restored.start(99, rank=1)  # a resumed run keeps the checkpoint's seed
+    restored.next_batch()
+    third = torch.rand(4, generator=restored.generator("bsc"))
+    streams.next_batch()
+    assert torch.equal(third, torch.rand(4, generator=streams.generator("bsc")))
+    assert not torch.equal(first, second)
+    other_rank = RandomStreams(("bsc",))
+    other_rank.start(3, rank=0)
+    other_rank.next_batch()
+    assert not torch.equal(first, torch.rand(4, generator=other_rank.generator("bsc")))
