@@ -123,7 +123,9 @@ def _corrupt(path: Path, what: str, err: BaseException) -> CheckpointError:
         detail = "not a torch.save file"  # torch's legacy reader fails on arbitrary bytes this way
     else:
         detail = (
-            unpickler.group(1).strip() if unpickler else (text.splitlines()[0] if text else type(err).__name__)
+            unpickler.group(1).strip()
+            if unpickler
+            else (text.splitlines()[0] if text else type(err).__name__)
         )
     return CheckpointError(
         f"{what} {str(path)!r} is truncated or corrupt ({detail}); it was probably cut "

@@ -181,7 +181,9 @@ def fit_once(model: Model, out: Path, **kwargs: Any) -> Path:
         recorded = {}  # finished before identities were recorded: nothing says it matches
     if recorded is not None and recorded != identity:
         aside = runs.set_aside(stage_dir)
-        log(f"{model}: {', '.join(changed_keys(recorded, identity))} changed; rerunning (earlier run kept in {aside})")
+        log(
+            f"{model}: {', '.join(changed_keys(recorded, identity))} changed; rerunning (earlier run kept in {aside})"
+        )
         done = None
     if done:
         ckpt = Path(done["checkpoint"])
