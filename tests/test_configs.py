@@ -199,14 +199,24 @@ def test_eval_config_parses(path):
     assert command in COMMANDS
     cfg = build_parser().parse_args([command, "--config", str(path)])
     assert cfg.command == command
-    # Its run paths are the run folders the recipes write, or their eval/ sub-folders.
-    folders = set(_run_folders().values())
+    # Its run paths are the run folders the recipes or the quickstart write, their eval/ sub-folders, or the
+    # quickstart's data.
+    import inspect
+
+    from infinity_lit.studies.quickstart import quickstart
+
+    quick = Path(inspect.signature(quickstart).parameters["out"].default)
+    folders = set(_run_folders().values()) | {
+        quick / model / runs.STAGE_RUN for model in ("tokenizer", "generator")
+    }
     for key, value in _load(path).items():
         if isinstance(value, str) and value.startswith(f"{runs.RUNS_ROOT}/"):
             value = Path(value)
-            assert value in folders or any(value.is_relative_to(runs.eval_dir(run, "")) for run in folders), (
-                f"{_id(path)}: {key}: {value} is not a recipe's run folder or under its eval/"
-            )
+            assert (
+                value in folders
+                or any(value.is_relative_to(runs.eval_dir(run, "")) for run in folders)
+                or value.is_relative_to(quick / "data")
+            ), f"{_id(path)}: {key}: {value} is not a run folder, under its eval/, or the quickstart's data"
 
 
 # ---------------------------------------------------------------- packaging
