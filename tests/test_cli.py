@@ -141,10 +141,8 @@ def test_a_bad_ckpt_path_is_one_line_before_lightning_reads_it(tmp_path, capsys)
     # Not a zip: torch's legacy reader fails inside the unpickler (Lightning's own read: "KeyError: 101").
     junk = tmp_path / "junk.ckpt"
     junk.write_text("junk\n")
-    assert _fails([*validate, str(junk)], capsys) == [
-        f"error: --ckpt_path checkpoint '{junk}' is not a checkpoint file (KeyError while reading it); pass a "
-        "checkpoint written by fit (a .ckpt) or its run folder"
-    ]
+    (line,) = _fails([*validate, str(junk)], capsys)
+    assert line.startswith(f"error: --ckpt_path checkpoint '{junk}' is truncated or corrupt (not a torch.save file)")
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
     truncated = tmp_path / "truncated.ckpt"
