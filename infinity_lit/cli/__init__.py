@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Any
 
@@ -84,7 +85,8 @@ def is_user_error(err: BaseException) -> bool:
     User errors: a parse error (``argparse.ArgumentError``, which jsonargparse raises too), a path that does
     not exist or cannot be used (``FileNotFoundError``, ``FileExistsError`` such as ``runs.RunExistsError``,
     ``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError``), Lightning's
-    ``MisconfigurationException`` (e.g. an accelerator the machine lacks), this package's ``ValueError``
+    ``MisconfigurationException`` (e.g. an accelerator the machine lacks), this package's ``OSError`` classes
+    (``training.checkpointing.CheckpointWriteError``: a full disk), this package's ``ValueError``
     classes (``checkpoints.CheckpointError``, ``studies.spec.StudyError``) and a ``ValueError`` raised by
     this package's own checks (a bad value). A ``ValueError`` raised inside another library (torch,
     numpy …) is not: it is a bug here.
@@ -101,6 +103,8 @@ def is_user_error(err: BaseException) -> bool:
         ),
     ):
         return True
+    if isinstance(err, OSError) and type(err).__module__.startswith("infinity_lit."):
+        return True  # e.g. training.checkpointing.CheckpointWriteError (a full disk)
     lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
     if lightning is not None and isinstance(err, lightning.MisconfigurationException):
         return True
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
 
     A user error (``is_user_error``) prints ``error: <message>`` on one line of stderr and exits with
     status 2; ``--debug`` before the group (or ``INFINITY_LIT_DEBUG=1``) lets it propagate with its
-    traceback. Any other exception propagates as it is (a bug: its traceback is the report).
+    traceback. Any other exception propagates as it is (a bug: its traceback is the report). A fit
+    stopped by SIGTERM or Ctrl+C (after writing ``last.ckpt``) exits with status 143 or 130.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--debug"]:
@@ -127,6 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[DEBUG_ENV] = "1"  # also seen by the parsers and by processes this one starts
     try:
         run(argv)
+    except SystemExit as err:
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        # A fit stopped by SIGTERM or Ctrl+C after saving last.ckpt (training.checkpointing): the shell's
+        # convention for a process ended by that signal, 128 + its number.
+        from infinity_lit.training.checkpointing import stop_signal
+
+        raise SystemExit(128 + int(stop_signal() or signal.SIGTERM)) from None
     except Exception as err:
         if debug_enabled() or not is_user_error(err):
             raise

@@ -14,17 +14,34 @@ Here the two jobs are separate:
   ``best-step=<n>.ckpt`` (more), unless ``filename`` says otherwise. Without one, no second copy of the
   latest state is kept (``save_top_k`` −1 still keeps a numbered checkpoint at every saving point).
 
+Stopping. SIGTERM (a cluster's pre-emption, ``kill``) and a first Ctrl+C (SIGINT) stop training at the end
+of the batch in flight and write ``last.ckpt`` at that step before the process exits (``save_on_signal``,
+on by default; a second Ctrl+C interrupts at once, saving nothing more). Lightning's own SIGTERM handling
+ends the loop (``SIGTERMException``); a Ctrl+C is turned into the same stop. ``stopped_by`` says which
+signal stopped the run. Against SIGKILL or a crash, ``train_time_interval`` (``--checkpoint.
+train_time_interval 0:15:00``) or ``every_n_train_steps`` bound what can be lost to one interval.
+
+Writing is Lightning's (``trainer.save_checkpoint``: serialised in memory, then written through an fsspec
+transaction, a temporary file renamed over the old one), so a write that fails — a full disk — leaves the
+previous ``last.ckpt`` whole; the failure is re-raised as ``CheckpointWriteError`` naming the file.
+
 File names are fixed (no ``-v1`` versions: a fit never writes into a run folder holding checkpoints
 unless it resumes from one of them, ``runs.check_new_run``), so a run folder that was moved or copied
-resumes in place. Writing is Lightning's (``trainer.save_checkpoint``).
+resumes in place.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 #: File name (without ``.ckpt``) of the best checkpoint when one is kept.
@@ -36,20 +53,110 @@ def _on_last_batch(trainer: Trainer) -> bool:
     return bool(getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False))
 
 
+#: The signal that stopped the latest fit of this process (None: none did); what ``stop_signal`` returns.
+_STOPPED_BY: signal.Signals | None = None
+
+
+def stop_signal() -> signal.Signals | None:
+    """The signal (``SIGTERM`` / ``SIGINT``) that stopped this process's latest fit, or None."""
+    return _STOPPED_BY
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a lost mount, no permission); the previous file is intact."""
+
+
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest saved step (see the module docstring).
 
     Takes ``ModelCheckpoint``'s arguments; ``enable_version_counter`` defaults to False here.
+
+    Args:
+        save_on_signal: on SIGTERM or a first Ctrl+C, stop at the end of the batch in flight and write
+            ``last.ckpt`` there (default True).
     """
 
-    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, enable_version_counter: bool = False, save_on_signal: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+        self.save_on_signal = save_on_signal
+        #: The signal that stopped the last fit (``signal.SIGTERM`` / ``signal.SIGINT``), else None.
+        self.stopped_by: signal.Signals | None = None
+        self._previous_sigint: Any = None
+        self._sigint_installed = False
         if self.monitor is not None and self.filename is None:
             self.filename = BEST if self.save_top_k == 1 else f"{BEST}-{{step}}"
         self._last_written_step: int | None = None
         self._due_at_epoch_end = False
         self._in_epoch_end = False
 
+    # ------------------------------------------------------------------ stopping on a signal
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Installed here, after Lightning has registered its handlers (its teardown puts back the ones it
+        # found then, so the caller's Ctrl+C handler is restored however the fit ends).
+        super().on_train_start(trainer, pl_module)
+        self.stopped_by = None
+        if self.save_on_signal and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._sigint_installed = True
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        # The first Ctrl+C asks for the same stop as SIGTERM (Lightning's handler ends the loop at the end
+        # of the batch, on every rank); the next one is the previous handler's (KeyboardInterrupt).
+        self._restore_sigint()
+        if self.stopped_by is None:
+            self.stopped_by = signal.SIGINT
+        rank_zero_info("Ctrl+C: stopping after this batch and saving last.ckpt (again to stop at once)")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _restore_sigint(self) -> None:
+        if self._sigint_installed:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._sigint_installed = False
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore_sigint()
+        super().teardown(trainer, pl_module, stage)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+        if not isinstance(exception, SIGTERMException):
+            # A crash or a non-finite loss: the last good checkpoint stays last.ckpt.
+            return super().on_exception(trainer, pl_module, exception)
+        global _STOPPED_BY
+        if self.stopped_by is None:
+            self.stopped_by = signal.SIGTERM
+        _STOPPED_BY = self.stopped_by
+        if not self.save_on_signal or trainer.fast_dev_run or trainer.global_step == 0:
+            return None
+        if self._last_written_step != trainer.global_step:
+            # The batch in flight has finished (Lightning stops between batches): its state is whole.
+            self._in_epoch_end = True  # no deferral to an epoch end that will not come
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self._in_epoch_end = False
+        rank_zero_info(
+            f"{self.stopped_by.name} at step {trainer.global_step}: saved {self.last_model_path}; "
+            "resume with --ckpt_path pointing at it (or its run folder)"
+        )
+        return None
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as err:
+            if isinstance(err, CheckpointWriteError):
+                raise
+            raise CheckpointWriteError(
+                err.errno,
+                f"could not write checkpoint {filepath} ({err.strerror or err}); the previous checkpoint "
+                "there is intact: free space (or fix the folder) and resume from it",
+            ) from err
+
+    # ------------------------------------------------------------------ saving points
     def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         # Every saving point comes through here: the best (when monitored) first, then last.ckpt.
         if self.monitor is not None or self.save_top_k not in (0, 1):

@@ -4,18 +4,38 @@ the data position (mid-epoch and across an epoch's end), for the generator and t
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
 
 from infinity_lit.cli import train
 
+
+class SignalAtStep(pl.Callback):
+    """Sends ``signum`` to this process once ``step`` optimiser steps are done, as ``kill`` would."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
 EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"use_buffers": False}}
 
 
-def _config(tmp_path: Path, name: str, model: str, shards: Path, tokenizer_ckpt: Path) -> Path:
+def _config(
+    tmp_path: Path, name: str, model: str, shards: Path, tokenizer_ckpt: Path, callbacks: list | None = None
+) -> Path:
     """A tiny recipe: bf16-free CPU fit, EMA, the method's randomness on (BSC flips and CFG dropout for the
     generator, scale dropping for the tokenizer), one validation at the end of each half."""
     if model == "generator":
@@ -52,7 +72,7 @@ def _config(tmp_path: Path, name: str, model: str, shards: Path, tokenizer_ckpt:
             "log_every_n_steps": 1,
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "callbacks": [EMA],
+            "callbacks": [EMA, *(callbacks or [])],
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(tmp_path / "runs"), "name": name, "version": ""},
@@ -179,3 +199,100 @@ def test_random_streams_state_and_errors():
     other_rank.start(3, rank=0)
     other_rank.next_batch()
     assert not torch.equal(first, torch.rand(4, generator=other_rank.generator("bsc")))
+
+
+@pytest.mark.parametrize(
+    ("signum", "half"),
+    [(signal.SIGTERM, 5), (signal.SIGTERM, 12), (signal.SIGINT, 5)],  # 12: the last batch of an epoch
+)
+def test_a_signal_saves_the_step_and_the_resume_is_exact(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt, signum, half
+):
+    """SIGTERM (pre-emption) or a first Ctrl+C stops after the batch in flight with last.ckpt at that step;
+    resuming from it equals an uninterrupted run."""
+    from infinity_lit.training.checkpointing import stop_signal
+
+    total = half + 4
+    straight = _load(
+        _fit(
+            "generator",
+            _config(tmp_path, "straight", "generator", openmoji_shards, tiny_tokenizer_ckpt),
+            total,
+        )
+    )
+    kill = {
+        "class_path": "test_exact_resume.SignalAtStep",
+        "init_args": {"step": half, "signum": int(signum)},
+    }
+    config = _config(tmp_path, "stopped", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        _fit("generator", config, total)
+    assert type(stopped.value).__name__ == "SIGTERMException"
+    assert stop_signal() == signum
+    assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl+C handler is the caller's again
+    last = tmp_path / "runs" / "stopped" / "checkpoints" / "last.ckpt"
+    assert _load(last)["global_step"] == half
+    plain = _config(tmp_path, "stopped", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    _assert_same_state(straight, _load(_fit("generator", plain, total, ckpt_path=last)))
+    steps = _logged_steps(tmp_path / "runs" / "stopped", "train/loss")
+    assert len(steps) == len(set(steps)) == total
+
+
+def test_a_cli_fit_stopped_by_sigterm_exits_143(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
+    from infinity_lit.cli import main
+
+    kill = {"class_path": "test_exact_resume.SignalAtStep", "init_args": {"step": 2, "signum": 15}}
+    config = _config(tmp_path, "cli", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
+    with pytest.raises(SystemExit) as stopped:
+        main(["generator", "fit", "-c", str(config), "--trainer.max_steps", "6"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert _load(tmp_path / "runs" / "cli" / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def test_sigkill_loses_at_most_one_interval_and_resumes_exactly(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt
+):
+    """A real training process is killed with SIGKILL after its first periodic checkpoint; resuming from
+    last.ckpt in a new process ends where an uninterrupted run does."""
+    total, every = 24, 2
+    straight = _load(
+        _fit(
+            "generator",
+            _config(tmp_path, "straight", "generator", openmoji_shards, tiny_tokenizer_ckpt),
+            total,
+        )
+    )
+    config = _config(tmp_path, "killed", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    last = tmp_path / "runs" / "killed" / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    args = ["fit", "-c", str(config), "--trainer.max_steps", str(total)]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infinity_lit.cli",
+            "generator",
+            *args,
+            "--checkpoint.every_n_train_steps",
+            str(every),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert last.exists(), (
+            process.stderr.read().decode()[-2000:] if process.poll() is not None else "timeout"
+        )
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    killed_at = _load(last)["global_step"]  # a whole file: written by rename, never half
+    assert every <= killed_at < total
+    resumed = _load(_fit("generator", config, total, ckpt_path=last))
+    _assert_same_state(straight, resumed)
