@@ -92,9 +92,28 @@ def indices_to_bits(indices: Tensor, codebook_dim: int) -> Tensor:
     return torch.bitwise_and(indices.to(torch.int64).unsqueeze(-1), place).ne(0).to(torch.int64)
 
 
+#: |logit| beyond which σ is 0 or 1 in fp32 (σ(50) = 1 − 2e-22): logits are clamped there so that an
+#: infinite logit (an LFQ latent near the fp32 maximum) cannot give ∞ − ∞.
+_LOGIT_LIMIT = 50.0
+#: p is kept in [ε, 1 − ε] for the codebook entropy: the slope of H, ln((1 − p)/p), is infinite at 0 and 1, and
+#: ∞ · σ'(x) = ∞ · 0 would make the gradient NaN once every sample saturates. H(ε) ≤ 2.1e-6 nats in fp32.
+_P_LIMIT = 1e-7
+#: Largest |z_i| whose squares, summed over d ≤ 64 channels, cannot overflow fp32 (2^60 ≈ 1.2e18).
+_NORM_SAFE = 2.0**60
+
+
 def _binary_entropy(p: Tensor) -> Tensor:
-    """H(p) = −p ln p − (1−p) ln(1−p) in nats, safe at 0 and 1."""
+    """H(p) = −p ln p − (1−p) ln(1−p) in nats for p in [0, 1]; value and gradient finite everywhere (p is
+    clamped to [1e-7, 1 − 1e-7], where the gradient is 0)."""
+    p = p.clamp(_P_LIMIT, 1 - _P_LIMIT)
     return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
+def _binary_entropy_of_logits(x: Tensor) -> Tensor:
+    """H(σ(x)) = softplus(x) − x·σ(x) in nats: the same value as ``_binary_entropy(σ(x))``, with a finite
+    gradient −x·σ(x)(1 − σ(x)) for every x, saturated ones included."""
+    x = x.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+    return F.softplus(x) - x * torch.sigmoid(x)
 
 
 class BSQ(nn.Module):
@@ -182,18 +201,25 @@ class BSQ(nn.Module):
         z = z.float()
         if not self.spherical:
             return z
+        # ‖z‖ overflows fp32 once |z_i| nears 1.8e19/√d (a bf16 latent near its maximum, a diverging encoder),
+        # and z/∞ would give a zero code and a NaN gradient: such vectors are divided by their largest |z_i|
+        # first. Every other vector is left exactly as it is.
+        peak = z.abs().amax(dim=dim, keepdim=True)
+        z = z / torch.where(peak > _NORM_SAFE, peak, torch.ones_like(peak))
         return z / z.norm(dim=dim, keepdim=True).clamp_min(self.eps)
 
     def quantize(self, u: Tensor) -> Tensor:
         """Straight-through sign quantization of (normalised) ``u``: forward sign(u)·s, backward identity."""
         hard = torch.where(u >= 0, self.code_scale, -self.code_scale).to(u.dtype)
-        return u + (hard - u).detach()
+        # hard + (u − u) rather than u + (hard − u): exactly ±s in the forward pass, also where |u| is so large
+        # (an LFQ latent) that u + (hard − u) rounds to 0.
+        return hard + (u - u.detach())
 
     def entropy_terms(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample and codebook entropy (nats, summed over bits) of (N, d) normalised latents."""
         logits = 4.0 * self.code_scale * u / self.entropy_temperature
+        per_sample = _binary_entropy_of_logits(logits).sum(-1).mean()
         p = torch.sigmoid(logits)  # P(bit = 1)
-        per_sample = _binary_entropy(p).sum(-1).mean()
         codebook = _binary_entropy(p.mean(0)).sum()
         return per_sample, codebook
 
