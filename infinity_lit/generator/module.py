@@ -294,6 +294,9 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         self.random_streams.next_batch()
         out, logits = self._teacher_forced(images, captions, flips=True, drop_text=True)
         loss, metrics, predicted = self._metrics("train", out, logits)
+        # What training.finite.NonFiniteGuard checks before the step: the loss and each scale's part.
+        scale_terms = {k[6:]: v for k, v in metrics.items() if k.startswith("train/loss_scale")}
+        self.loss_terms = {"loss": loss, **scale_terms}
         metrics["train/flip_prob"] = out.flip_probs.mean()
         if out.flips.any():
             rate, baseline = self_correction_rate(

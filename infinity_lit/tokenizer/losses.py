@@ -60,9 +60,14 @@ class LeCamEMA(nn.Module):
 
     @torch.no_grad()
     def update(self, logits_real: Tensor, logits_fake: Tensor) -> None:
-        """Fold the batch means of D(x) and D(x̂) into the running means (which start at 0)."""
-        self.ema_real.lerp_(logits_real.float().mean(), 1.0 - self.decay)
-        self.ema_fake.lerp_(logits_fake.float().mean(), 1.0 - self.decay)
+        """Fold the batch means of D(x) and D(x̂) into the running means (which start at 0).
+
+        A non-finite batch mean (a step that ``training.finite.NonFiniteGuard`` skips) leaves its running
+        mean as it was, without a device sync.
+        """
+        for ema, logits in ((self.ema_real, logits_real), (self.ema_fake, logits_fake)):
+            mean = logits.float().mean()
+            ema.copy_(torch.where(torch.isfinite(mean), torch.lerp(ema, mean, 1.0 - self.decay), ema))
 
     def forward(self, logits_real: Tensor, logits_fake: Tensor) -> Tensor:
         """``mean(relu(D(x) − α_F)²) + mean(relu(α_R − D(x̂))²)``, scalar float32 (≥ 0)."""

@@ -276,6 +276,8 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             if gan_on:
                 terms["gan_g"] = hinge_g_loss(self.discriminator(recon))
                 loss = loss + hp.gan_weight * terms["gan_g"]
+            terms.update(commit=q.commit_loss, entropy=q.entropy_loss, loss=loss)
+            self.loss_terms = terms  # what training.finite.NonFiniteGuard checks before each step
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             if hp.grad_clip_norm is not None:
@@ -300,6 +302,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
                     self.lecam.update(
                         self.all_gather(logits_real.detach()), self.all_gather(logits_fake.detach())
                     )
+                self.loss_terms = {k: terms[k] for k in ("disc", "lecam") if k in terms}
                 opt_d.zero_grad(set_to_none=True)
                 self.manual_backward(d_loss)
                 if hp.grad_clip_norm is not None:
@@ -314,7 +317,6 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             terms["logits_real"] = logits_real.detach().float().mean()
             terms["logits_fake"] = logits_fake.detach().float().mean()
 
-        terms.update(commit=q.commit_loss, entropy=q.entropy_loss, loss=loss)
         batch_size = images.shape[0]
         self.log_dict(
             {f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=False, batch_size=batch_size

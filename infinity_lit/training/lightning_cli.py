@@ -40,6 +40,7 @@ from infinity_lit.checkpoints import CheckpointError, load_file
 
 from .callbacks import HParamsWithFinalMetrics
 from .checkpointing import RunCheckpoint
+from .finite import NonFiniteGuard
 from .progress import step_progress_bar
 
 
@@ -210,6 +211,7 @@ class RunCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_argument(
             f"--{runs.RUN_NAME_KEY}",
