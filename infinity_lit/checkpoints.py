@@ -392,17 +392,40 @@ def write_checkpoint(
     if current_model_state is not None:
         content["current_model_state"] = {f"{prefix}{k}": v for k, v in current_model_state.items()}
     _check_plain(content, "checkpoint")
+    atomic_save(content, path)
+    return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically: into a temporary file in the same folder (so on the
+    same file system), flushed to disk (``fsync``), then renamed over ``path`` (``os.replace``). ``path``
+    holds the old file or the complete new one, whatever happens on the way (a full disk, SIGKILL, a power
+    cut); a failed write removes its temporary file. Parent folders are created.
+
+    Raises:
+        OSError: writing failed (e.g. ``errno.ENOSPC``); ``path`` is left as it was.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(content, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+    try:  # the rename itself is durable once the folder's entry is on disk
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename is still atomic
+    finally:
+        os.close(folder)
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -13,7 +13,7 @@ frozen          FrozenStages (frozen sub-modules: eval, no gradients, saved by r
 """
 
 from .callbacks import HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
-from .checkpointing import CheckpointWriteError, RunCheckpoint
+from .checkpointing import AtomicCheckpointIO, CheckpointWriteError, RunCheckpoint
 from .finite import NonFiniteError, NonFiniteGuard
 from .frozen import FrozenStages
 from .lightning_cli import RunCLI, run_cli
@@ -21,6 +21,7 @@ from .optim import OptimizerConfig
 from .schedules import lr_factor, warmup_cosine
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CheckpointWriteError",
     "FrozenStages",
     "HParamsWithFinalMetrics",

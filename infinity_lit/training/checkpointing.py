@@ -21,9 +21,13 @@ ends the loop (``SIGTERMException``); a Ctrl+C is turned into the same stop. ``s
 signal stopped the run. Against SIGKILL or a crash, ``train_time_interval`` (``--checkpoint.
 train_time_interval 0:15:00``) or ``every_n_train_steps`` bound what can be lost to one interval.
 
-Writing is Lightning's (``trainer.save_checkpoint``: serialised in memory, then written through an fsspec
-transaction, a temporary file renamed over the old one), so a write that fails — a full disk — leaves the
-previous ``last.ckpt`` whole; the failure is re-raised as ``CheckpointWriteError`` naming the file.
+Writing. ``AtomicCheckpointIO`` (the trainer's checkpoint IO plugin in every fit of the toolkit) writes a
+local checkpoint into a temporary file beside it, ``fsync``s it and renames it over the old one
+(``checkpoints.atomic_save``). Lightning's default goes through an fsspec transaction whose temporary file is
+in ``$TMPDIR``: where that is another file system (a node-local ``/tmp``, checkpoints on shared storage) the
+final move is a copy into the destination, and a kill or a full disk during it leaves a truncated
+``last.ckpt``. Remote URLs (``s3://`` …) keep Lightning's writer. A write that fails leaves the previous
+file whole and is re-raised as ``CheckpointWriteError`` naming the file.
 
 File names are fixed (no ``-v1`` versions: a fit never writes into a run folder holding checkpoints
 unless it resumes from one of them, ``runs.check_new_run``), so a run folder that was moved or copied
@@ -38,11 +42,15 @@ import threading
 from types import FrameType
 from typing import Any
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
+
+from infinity_lit.checkpoints import atomic_save
 
 #: File name (without ``.ckpt``) of the best checkpoint when one is kept.
 BEST = "best"
@@ -64,6 +72,22 @@ def stop_signal() -> signal.Signals | None:
 
 class CheckpointWriteError(OSError):
     """Writing a checkpoint failed (a full disk, a lost mount, no permission); the previous file is intact."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` whose local writes are atomic on the checkpoint's own file system
+    (``checkpoints.atomic_save``: a temporary file beside the target, ``fsync``, ``os.replace``); remote
+    URLs are written by Lightning's fsspec writer. Reading is Lightning's."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        protocol = get_filesystem(path).protocol
+        local = "file" in ((protocol,) if isinstance(protocol, str) else protocol)
+        if storage_options is not None or not local:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_save(checkpoint, os.fspath(path))
+        return None
 
 
 class RunCheckpoint(ModelCheckpoint):

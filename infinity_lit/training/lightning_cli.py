@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace, set_parsing_settings
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -39,7 +40,7 @@ from infinity_lit import runs
 from infinity_lit.checkpoints import CheckpointError, load_file
 
 from .callbacks import HParamsWithFinalMetrics
-from .checkpointing import RunCheckpoint
+from .checkpointing import AtomicCheckpointIO, RunCheckpoint
 from .finite import NonFiniteGuard
 from .progress import step_progress_bar
 
@@ -251,6 +252,12 @@ class RunCLI(LightningCLI):
             and not any(isinstance(c, ProgressBar) for c in given + defaults)
         ):
             kwargs["callbacks"] = [*given, bar]
+        # Checkpoints are written atomically on their own file system (AtomicCheckpointIO), unless the config
+        # names a checkpoint IO plugin of its own.
+        plugins = trainer.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:

@@ -1,0 +1,104 @@
+"""Faults under load: a full disk while a checkpoint is written and a data loader worker that dies end the
+fit with a clear error and leave the previous ``last.ckpt`` whole and loadable; checkpoints are written on
+their own file system (temporary file beside the target, then a rename)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import multiprocessing
+import os
+import signal
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from test_exact_resume import _config, _load
+
+from infinity_lit.checkpoints import atomic_save
+from infinity_lit.cli import train
+from infinity_lit.training.checkpointing import AtomicCheckpointIO, CheckpointWriteError
+
+_real_save = torch.save
+
+
+class DiskFullFromStep(pl.Callback):
+    """From ``step`` on, ``torch.save`` writes half of its bytes and then fails with ENOSPC, as a full disk
+    does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            torch.save = _half_then_enospc
+
+
+def _half_then_enospc(obj, f, *args, **kwargs) -> None:
+    buffer = io.BytesIO()
+    _real_save(obj, buffer, *args, **kwargs)
+    f.write(buffer.getvalue()[: buffer.tell() // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class KillWorkerAtStep(pl.Callback):
+    """SIGKILLs this process's data loader workers once ``step`` optimiser steps are done (an OOM kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            workers = multiprocessing.active_children()
+            assert workers, "the fit should have data loader workers"
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def restore_torch_save():
+    yield
+    torch.save = _real_save
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_save({"step": 1}, path)
+    monkeypatch.setattr(torch, "save", _half_then_enospc)
+    with pytest.raises(OSError) as failed:
+        atomic_save({"step": 2, "w": torch.zeros(1000)}, path)
+    assert failed.value.errno == errno.ENOSPC
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_full_disk_while_saving_is_a_clear_error_and_last_ckpt_stays_whole(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt, restore_torch_save
+):
+    disk = {"class_path": "test_faults.DiskFullFromStep", "init_args": {"step": 3}}
+    config = _config(tmp_path, "full", "generator", openmoji_shards, tiny_tokenizer_ckpt, [disk])
+    args = ["fit", "-c", str(config), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2"]
+    with pytest.raises(CheckpointWriteError, match=r"last\.ckpt \(No space left on device\); the previous"):
+        train.generator(args)
+    folder = tmp_path / "runs" / "full" / "checkpoints"
+    torch.save = _real_save
+    assert _load(folder / "last.ckpt")["global_step"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+
+
+def test_fits_write_checkpoints_with_the_atomic_io(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
+    config = _config(tmp_path, "io", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    cli = train.generator(["fit", "-c", str(config), "--trainer.max_steps", "1"])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert _load(tmp_path / "runs" / "io" / "checkpoints" / "last.ckpt")["global_step"] == 1
+
+
+def test_a_dead_data_loader_worker_is_a_clear_error_and_last_ckpt_stays_whole(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt
+):
+    kill = {"class_path": "test_faults.KillWorkerAtStep", "init_args": {"step": 3}}
+    config = _config(tmp_path, "worker", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
+    args = ["fit", "-c", str(config), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2"]
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly"):
+        train.generator([*args, "--data.num_workers", "1"])
+    assert _load(tmp_path / "runs" / "worker" / "checkpoints" / "last.ckpt")["global_step"] == 2
