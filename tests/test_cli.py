@@ -142,7 +142,9 @@ def test_a_bad_ckpt_path_is_one_line_before_lightning_reads_it(tmp_path, capsys)
     junk = tmp_path / "junk.ckpt"
     junk.write_text("junk\n")
     (line,) = _fails([*validate, str(junk)], capsys)
-    assert line.startswith(f"error: --ckpt_path checkpoint '{junk}' is truncated or corrupt (not a torch.save file)")
+    assert line.startswith(
+        f"error: --ckpt_path checkpoint '{junk}' is truncated or corrupt (not a torch.save file)"
+    )
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
     truncated = tmp_path / "truncated.ckpt"

@@ -102,3 +102,34 @@ def test_a_dead_data_loader_worker_is_a_clear_error_and_last_ckpt_stays_whole(
     with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly"):
         train.generator([*args, "--data.num_workers", "1"])
     assert _load(tmp_path / "runs" / "worker" / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def test_a_requeued_command_resumes_and_a_finished_run_trains_nothing_more(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt
+):
+    """The requeue-safe command of a cluster job, ``fit … --ckpt_path last``: the first start trains from
+    scratch, a rerun after pre-emption resumes where last.ckpt is (equal to an uninterrupted run), and a
+    rerun of the finished run trains nothing more and rewrites nothing."""
+    from test_exact_resume import _assert_same_state, _fit, _logged_steps
+
+    straight = _load(
+        _fit(
+            "generator", _config(tmp_path, "straight", "generator", openmoji_shards, tiny_tokenizer_ckpt), 10
+        )
+    )
+    config = _config(tmp_path, "requeued", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    command = ["fit", "-c", str(config), "--ckpt_path", "last", "--trainer.max_steps"]
+    folder = tmp_path / "runs" / "requeued"
+    with pytest.warns(UserWarning, match="no last checkpoint"):  # Lightning: none yet, a fresh start
+        train.generator([*command, "4"])  # stands for a job pre-empted at step 4
+    assert _load(folder / "checkpoints" / "last.ckpt")["global_step"] == 4
+    train.generator([*command, "10"])
+    last = folder / "checkpoints" / "last.ckpt"
+    _assert_same_state(straight, _load(last))
+    written = last.stat().st_mtime_ns
+    cli = train.generator([*command, "10"])  # the finished run's command again
+    assert cli.trainer.global_step == 10
+    assert last.stat().st_mtime_ns == written
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt"]
+    steps = _logged_steps(folder, "train/loss")
+    assert len(steps) == len(set(steps)) == 10
