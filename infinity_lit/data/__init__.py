@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 from infinity_lit.data.captions import caption_from_cldr_alias, emoji_caption
 from infinity_lit.data.folder import build_folder_shards
 from infinity_lit.data.openmoji import build_openmoji_shards
-from infinity_lit.data.shards import iter_samples, load_split, read_manifest, split_of
+from infinity_lit.data.shards import DamagedShardError, iter_samples, load_split, read_manifest, split_of
 
 if TYPE_CHECKING:
     from infinity_lit.data.datamodule import ShardDataModule, ShardDataset
 
 __all__ = [
+    "DamagedShardError",
     "ShardDataModule",
     "ShardDataset",
     "build_folder_shards",

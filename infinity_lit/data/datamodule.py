@@ -35,13 +35,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from infinity_lit.data.shards import (
+    DamagedShardError,
     check_resolution,
     decode_sample,
     image_to_uint8,
     raw_samples,
     read_manifest,
+    rebuild_hint,
     resize_center_crop,
     split_shards,
+    strict_hint,
 )
 from infinity_lit.training.seeding import run_seed
 
@@ -71,15 +74,26 @@ class ShardDataset(IterableDataset):
         num_workers: DataLoader workers per rank (0 = load in the main process).
         shuffle_buffer: samples held per worker for shuffling (training only).
         seed: seed of the shard permutation and buffer shuffling (with the epoch).
-        strict: raise on a sample that fails to decode instead of skipping it.
+        strict: raise at the first undecodable image or damaged shard instead of skipping.
         shard_split_min: split by whole shards only when every global worker gets at least this many.
+
+    Skipped samples. A sample whose image fails to decode, and each sample lost in a damaged shard (a
+    truncated file, a corrupt tar header, a file that cannot be opened: ``shards.raw_samples``), is skipped
+    with a warning naming shard and key (one warning per damaged shard, giving where reading failed and
+    how many samples were lost) and counted in ``skipped``; the batch is filled from the next samples, and
+    the samples of a damaged shard that can be read, before and after the damaged place, are still used.
+    With ``strict`` the first one raises ``ValueError`` (``shards.DamagedShardError`` for a damaged shard)
+    naming shard and key and what to do.
 
     Attributes:
         epoch: the epoch whose order is produced; set before iterating (``ShardDataModule`` does).
-        skipped: int64 (max(1, num_workers),) in shared memory: samples skipped per worker, all epochs.
+        skipped: int64 (max(1, num_workers),) in shared memory: samples skipped per worker (undecodable
+            images and samples lost in damaged shards), all epochs.
 
     Raises:
-        ValueError: bad resolution, batch size, rank or split. FileNotFoundError: no data.
+        ValueError: bad resolution, batch size, rank or split; the split has no sample. FileNotFoundError: no
+            data. While iterating, ValueError: with ``strict``, a skipped sample; a training worker finds no
+            readable sample in more than the whole split.
     """
 
     def __init__(
@@ -112,6 +126,10 @@ class ShardDataset(IterableDataset):
         self.split = split
         self.shards = split_shards(self.data_dir, split)
         self.num_samples = sum(count for _, count in self.shards)
+        if self.num_samples == 0:
+            raise ValueError(
+                f"the {split!r} split of {str(self.data_dir)!r} has no samples; {rebuild_hint(self.data_dir)}"
+            )
         self.batch_size = batch_size
         self.train = train
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -145,7 +163,7 @@ class ShardDataset(IterableDataset):
         return len(self.shards) >= self.shard_split_min * self.num_global_workers
 
     def samples_per_worker(self, global_worker: int) -> int:
-        """Samples global worker ``global_worker`` yields per epoch (before any decoding failures)."""
+        """Samples global worker ``global_worker`` yields per epoch (before any samples are skipped)."""
         n = self.num_global_workers
         if self.train:
             return self.num_samples // n
@@ -166,7 +184,8 @@ class ShardDataset(IterableDataset):
 
     @property
     def skipped_samples(self) -> int:
-        """Samples skipped because they failed to decode, over all workers and epochs so far."""
+        """Samples skipped (undecodable images, samples lost in damaged shards), over all workers and epochs
+        so far."""
         return int(self.skipped.sum())
 
     # ------------------------------------------------------------ iteration
@@ -181,21 +200,22 @@ class ShardDataset(IterableDataset):
             )
         return worker_id, worker_id * self.world_size + self.rank
 
-    def _assigned(self, shards: list[Path], global_worker: int) -> Iterator[dict[str, Any]]:
+    def _assigned(self, shards: list[tuple[Path, int]], global_worker: int) -> Iterator[dict[str, Any]]:
+        """This worker's raw samples of ``shards`` ((path, count) pairs), placeholders of lost samples
+        included (``raw_samples``: the stream is the same at every reading, so positions stay valid)."""
         n = self.num_global_workers
         if self._by_shard():
-            yield from raw_samples(shards[global_worker::n])
+            yield from raw_samples(shards[global_worker::n], strict=self.strict)
         else:
-            yield from islice(raw_samples(shards), global_worker, None, n)
+            yield from islice(raw_samples(shards, strict=self.strict), global_worker, None, n)
 
     def _train_raw(self, global_worker: int) -> Iterator[dict[str, Any]]:
         """This worker's samples for the epoch, shuffled, then (only if a short share needs padding) those
         of further shard permutations. Each pass is shuffled on its own so that the first pass is used up
         before the next begins."""
-        paths = [p for p, _ in self.shards]
         repeat = 0
         while True:
-            order = list(paths)
+            order = list(self.shards)
             # A string seed is hashed with SHA-512 by `random`: identical in every process and rank.
             random.Random(f"shards:{self.seed}:{self.epoch}:{repeat}").shuffle(order)
             rng = random.Random(f"buffer:{self.seed}:{self.epoch}:{repeat}:{global_worker}")
@@ -223,20 +243,28 @@ class ShardDataset(IterableDataset):
         self, samples: Iterator[dict[str, Any]], worker_id: int, raw_offset: int = 0
     ) -> Iterator[tuple[str, torch.Tensor, str, int]]:
         """(key, uint8 image, caption, raw samples consumed so far including this one) per decodable
-        sample; ``raw_offset`` raw samples were passed over before."""
+        sample; ``raw_offset`` raw samples were passed over before. Undecodable samples and placeholders of
+        samples lost in damaged shards are counted in ``skipped`` and warned about (see the class)."""
         failures_in_a_row = 0
         for raw_count, sample in enumerate(samples, start=raw_offset + 1):
             try:
                 key, image, caption = decode_sample(sample)
             except ValueError as exc:
                 if self.strict:
-                    raise
+                    if isinstance(exc, DamagedShardError):
+                        raise
+                    raise ValueError(f"{exc}; {strict_hint(self.data_dir)}") from exc
                 self.skipped[worker_id] += 1
-                warnings.warn(f"skipping {exc}", stacklevel=2)
+                if not isinstance(exc, DamagedShardError):
+                    warnings.warn(f"skipping {exc}", stacklevel=2)
+                elif exc.first:  # one warning for all the samples lost at that damaged place
+                    warnings.warn(str(exc), stacklevel=2)
                 failures_in_a_row += 1
                 if failures_in_a_row > self.num_samples:
-                    raise RuntimeError(
-                        f"no sample of the {self.split!r} split in {self.data_dir} decodes"
+                    raise ValueError(
+                        f"no sample of the {self.split!r} split in {str(self.data_dir)!r} can be read: more "
+                        f"than its {self.num_samples} samples in a row were skipped (see the warnings); "
+                        f"{rebuild_hint(self.data_dir)}"
                     ) from exc
                 continue
             failures_in_a_row = 0
@@ -268,7 +296,7 @@ class ShardDataset(IterableDataset):
         worker_id, global_worker = self._worker()
         if self.train:
             return self._train_batches(worker_id, global_worker)
-        raw = self._assigned([p for p, _ in self.shards], global_worker)
+        raw = self._assigned(self.shards, global_worker)
         return self._batches(self._decoded(raw, worker_id), partial=True, global_worker=global_worker)
 
     def _train_batches(self, worker_id: int, global_worker: int) -> Iterator[Batch]:
@@ -303,7 +331,8 @@ class _EpochDataLoader(DataLoader):
     The state of a training pass is its epoch, the batches this rank has yielded and, per global worker,
     where its last yielded batch ended (raw samples passed, samples yielded). A pass resumed in the same
     epoch starts there: the workers pass over the raw samples already used without decoding them, so no
-    sample of the epoch is seen twice or skipped, undecodable ones included. A worker of another rank (a
+    sample of the epoch is seen twice or skipped, undecodable ones included (and the placeholders of samples
+    lost in damaged shards, which are raw samples too: ``shards.raw_samples``). A worker of another rank (a
     checkpoint holds rank 0's state) decodes and drops the batches already yielded instead. A state of
     another epoch (a checkpoint written at an epoch's end) is not used: the next epoch starts afresh.
     """
@@ -338,7 +367,7 @@ class _EpochDataLoader(DataLoader):
             # The DataLoader asks its workers in turn from worker 0; an uninterrupted pass would ask the
             # worker after the one that made the last batch.
             iterator = self._in_turn(iterator, workers, self._state["batches"] % workers, dataset.world_size)
-        return self._tracked(iterator)
+        return self._tracked(iterator, dataset.skipped_samples)
 
     @staticmethod
     def _in_turn(iterator: Iterator[Batch], workers: int, first: int, world_size: int) -> Iterator[Batch]:
@@ -360,13 +389,23 @@ class _EpochDataLoader(DataLoader):
                 return
             turn = (turn + 1) % workers
 
-    def _tracked(self, iterator: Iterator[Batch]) -> Iterator[Batch]:
+    def _tracked(self, iterator: Iterator[Batch], skipped_before: int) -> Iterator[Batch]:
+        """The batches, noting positions; raises ``ValueError`` if a pass skipped samples and yielded none."""
+        dataset: ShardDataset = self.dataset  # type: ignore[assignment]
+        batches = 0
         for batch in iterator:
             position = batch.get(POSITION) if isinstance(batch, dict) else None
             if position is not None:
                 self._state["positions"][int(position[0])] = (int(position[1]), int(position[2]))
             self._state["batches"] += 1
+            batches += 1
             yield batch
+        skipped = dataset.skipped_samples - skipped_before
+        if batches == 0 and skipped:
+            raise ValueError(
+                f"no sample of the {dataset.split!r} split in {str(dataset.data_dir)!r} could be read on "
+                f"this rank: {skipped} skipped (see the warnings); {rebuild_hint(dataset.data_dir)}"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "batches", "positions"}`` of the current pass (empty before the first)."""
@@ -391,8 +430,12 @@ class ShardDataModule(L.LightningDataModule):
     across DDP ranks and DataLoader workers is done here (see ``infinity_lit.data.datamodule``), so
     Lightning's distributed sampler is not involved.
 
-    A sample whose image fails to decode is skipped with a warning naming its key and shard and counted in
-    ``skipped_samples``, or, with ``strict``, raises ``ValueError`` naming them.
+    A sample whose image fails to decode, and each sample lost in a damaged shard (truncated, a corrupt tar
+    header, unreadable), is skipped with a warning naming key and shard (one per damaged shard, saying where
+    reading failed and how many samples were lost) and counted in ``skipped_samples``, which
+    both LightningModules log to TensorBoard as ``data/skipped_samples``; the rest of the shard and of the
+    batch is still read. With ``strict`` the first one raises ``ValueError`` naming shard and key and what
+    to do.
 
     Args:
         data_dir: directory of shards built by ``infinity-lit data openmoji|folder --out DIR``.
@@ -400,15 +443,17 @@ class ShardDataModule(L.LightningDataModule):
         batch_size: training batch size per rank.
         num_workers: DataLoader worker processes per rank (0 loads in the main process).
         shuffle_buffer: undecoded samples each worker holds for shuffling training data.
-        strict: raise on an undecodable sample instead of skipping it.
+        strict: raise at the first undecodable image or damaged shard instead of skipping.
         seed: seed of the training order (combined with the epoch number); None: the run's seed
             (``seed_everything``, ``training.seeding.run_seed``), so two seeds give two data orders.
         val_batch_size: validation/test batch size per rank; ``None`` uses ``batch_size``.
         pin_memory: pin batches in page-locked memory when CUDA is available.
 
     Raises:
-        ValueError: bad resolution or sizes. FileNotFoundError (at ``setup``): no shards in ``data_dir``;
-            the message says how to build them.
+        ValueError: bad resolution or sizes. FileNotFoundError (at ``setup``): no data folder, or no shards
+            in it; ValueError (at ``setup``, shards without a manifest): none of their samples can be read;
+            the messages say how to build data. ValueError (while iterating): ``strict`` and a skipped
+            sample, or a pass of a loader that skipped samples and could read none (all shards unreadable).
     """
 
     def __init__(
@@ -505,7 +550,8 @@ class ShardDataModule(L.LightningDataModule):
 
     @property
     def skipped_by_loader(self) -> dict[str, int]:
-        """Undecodable samples skipped so far, per loader ("train", "val", "test"), in this process."""
+        """Samples skipped so far (undecodable images, samples lost in damaged shards), per loader ("train",
+        "val", "test"), in this process."""
         names = set(self._datasets) | set(self._skipped_before)
         return {
             n: self._skipped_before.get(n, 0)
@@ -515,7 +561,8 @@ class ShardDataModule(L.LightningDataModule):
 
     @property
     def skipped_samples(self) -> int:
-        """Total undecodable samples skipped so far by this rank's loaders (all workers, all epochs)."""
+        """Total samples skipped so far by this rank's loaders (all workers, all epochs): undecodable images
+        and samples lost in damaged shards."""
         return sum(self.skipped_by_loader.values())
 
     @property

@@ -22,9 +22,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,20 +39,24 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "LOST",
     "MANIFEST",
     "SPLITS",
+    "DamagedShardError",
     "ShardSetWriter",
     "check_resolution",
     "image_to_uint8",
     "iter_samples",
     "load_split",
     "read_manifest",
+    "rebuild_hint",
     "resize_center_crop",
     "reusable_manifest",
     "save_grid",
     "shards_digest",
     "split_of",
     "split_shards",
+    "strict_hint",
     "write_manifest",
 ]
 
@@ -287,8 +293,12 @@ def _missing_data_error(data_dir: Path, what: str) -> FileNotFoundError:
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     """Read ``data_dir/manifest.json``; for shards without a manifest, describe them from the tar files.
 
+    Without a manifest, a shard's count is that of its samples that can be read (a damaged shard is warned
+    about, naming it and where it is damaged).
+
     Raises:
         FileNotFoundError: ``data_dir`` does not exist or holds no shards (the message says how to build).
+        ValueError: no manifest, and not one sample of the shards can be read (the message says how to build).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -303,6 +313,11 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     if not any(shards.values()):
         raise _missing_data_error(data_dir, "No shards (train-*.tar / val-*.tar) and no manifest.json")
     counts = {s: sum(sh["count"] for sh in shards[s]) for s in SPLITS}
+    if not any(counts.values()):
+        raise ValueError(
+            f"no sample of the shards in {str(data_dir)!r} can be read (see the warnings); "
+            f"{rebuild_hint(data_dir)}"
+        )
     return {
         "source": "unknown (no manifest.json)",
         "resolution": None,
@@ -312,11 +327,18 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 
 def _count_tar_samples(path: Path) -> int:
-    from webdataset.tariterators import base_plus_ext
-
-    with tarfile.open(path) as tar:
-        keys = {base_plus_ext(m.name)[0] for m in tar if m.isreg()}
-    return len(keys - {None})
+    """Samples of a shard that can be read (``_ShardScan``); warns, naming the shard, if it is damaged."""
+    scan = _ShardScan(path)
+    try:
+        count = sum(1 for group in scan.groups if scan.readable(group))
+    finally:
+        scan.close()
+    if scan.damage:
+        warnings.warn(
+            f"damaged shard {path}: {scan.damage[0].what}; counting the {count} samples that can be read",
+            stacklevel=3,
+        )
+    return count
 
 
 def split_shards(
@@ -362,21 +384,374 @@ def shards_digest(data_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def raw_samples(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """Undecoded samples (``__key__``, ``__url__``, and bytes per extension) of the tar files, in order."""
-    import webdataset as wds
+# ---------------------------------------------------------------- damaged shards
+#
+# webdataset reads a tar shard as a stream and, at a truncated member, raises (``handler`` decides what
+# then), but at a corrupt or cut header it just stops as if the archive had ended. ``_shard_samples``
+# therefore reads each shard with webdataset, holding back its last sample, and suspects damage when the
+# handler was called, when the shard gave fewer samples than its manifest count, or when the last sample
+# lacks a member the others have. Only then ``_ShardScan`` walks the file's headers with ``tarfile``
+# (``ignore_zeros``, so that reading resumes at the next valid header after a corrupt one) to find where
+# it is damaged, which samples are whole, and to read those webdataset did not reach.
 
-    return wds.tarfile_samples(dict(url=str(p)) for p in paths)
+#: Key of the placeholder sample that ``raw_samples`` yields for each sample lost in a damaged shard.
+LOST = "__lost__"
+
+
+def rebuild_hint(data_dir: str | Path) -> str:
+    """How to build (or rebuild) the shards of ``data_dir``, for error messages."""
+    return (
+        f"rebuild the shards (`infinity-lit data openmoji --out {data_dir}` or "
+        f"`infinity-lit data folder --images YOUR_IMAGES --out {data_dir}`)"
+    )
+
+
+def strict_hint(data_dir: str | Path) -> str:
+    """What to do about a damaged shard or an undecodable image met in strict mode."""
+    return f"{rebuild_hint(Path(data_dir))}, or pass strict=False to skip such samples"
+
+
+class DamagedShardError(ValueError):
+    """A sample lost because its tar shard is damaged (truncated, a corrupt header, unreadable file).
+
+    Attributes:
+        shard: path of the shard.
+        key: the sample's key, or "(… at byte offset N)" when its key cannot be read.
+        reason: what is wrong with the shard, in words (where reading failed, naming member and key if known).
+        first: whether this is the first sample lost at that damage: its message describes them all, the
+            others need no warning of their own.
+    """
+
+    def __init__(self, message: str, *, shard: str, key: str, reason: str, first: bool = True) -> None:
+        super().__init__(message)
+        self.shard, self.key, self.reason, self.first = shard, key, reason, first
+
+
+@dataclass
+class _Damage:
+    offset: int  # byte offset in the file where reading fails
+    what: str  # in words, naming the member and its key where known
+    members_before: int  # members of the file before it
+
+
+@dataclass
+class _Group:
+    """The members of one sample, consecutive in the tar file."""
+
+    key: str
+    members: list[tarfile.TarInfo] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)  # member extensions
+    bad: bool = False  # a member truncated or repeated, or the sample split by a damaged place
+    edge: bool = False  # next to a damaged place: whole only if it has every kind of member of the shard
+
+
+def _member_key(name: str) -> tuple[str | None, str]:
+    """(key, lower-case extension) of a member as webdataset groups it; key None for members it skips."""
+    from webdataset.tariterators import base_plus_ext
+
+    if re.match(r"__[^/]*__($|/)", name):  # webdataset's ``skip_meta``
+        return None, ""
+    key, ext = base_plus_ext(name)
+    return (key, ext.lower()) if key is not None else (None, "")
+
+
+def _member_text(member: tarfile.TarInfo) -> str:
+    return f"member {member.name!r} (key {_member_key(member.name)[0]!r})"
+
+
+class _ShardScan:
+    """Where a tar file is damaged and which of its samples are whole, from its headers (``tarfile``).
+
+    Attributes:
+        damage: the damaged places in file order (empty for a sound file).
+        groups: the samples found, in file order; ``readable`` says which are whole.
+        cut: index of the first group after the first damaged place (``len(groups)`` if none follows).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.members: list[tarfile.TarInfo] = []
+        self.damage: list[_Damage] = []
+        self._file: Any = None
+        self._tar: tarfile.TarFile | None = None
+        try:
+            self.size = path.stat().st_size
+            self._file = open(path, "rb")  # closed by close()
+        except OSError as exc:
+            self.size = 0
+            self.damage.append(_Damage(0, f"the file cannot be opened ({exc.strerror or exc})", 0))
+        else:
+            self._walk()
+        self.groups, self.cut = self._group()
+        self.kinds = set().union(*(g.kinds for g in self.groups)) if self.groups else set()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _zeros(self, start: int, end: int) -> bool:
+        self._file.seek(start)
+        while start < end:
+            chunk = self._file.read(min(end - start, 1 << 20))
+            if not chunk:
+                return True
+            if chunk.strip(b"\0"):
+                return False
+            start += len(chunk)
+        return True
+
+    def _walk(self) -> None:
+        block = tarfile.BLOCKSIZE
+        pending: str | None = None  # why the header at ``end`` could not be read
+        start = 0
+        while self._tar is None and start < self.size:
+            self._file.seek(start)
+            try:
+                self._tar = tarfile.TarFile(fileobj=self._file, mode="r", ignore_zeros=True)
+            except Exception as exc:  # tarfile raises several kinds on a bad first header
+                pending = pending or f"{type(exc).__name__}: {exc}"
+                start += block
+        end = 0  # where the header after the last member read starts
+        tar = self._tar
+        while tar is not None:
+            try:
+                member = tar.next()
+            except Exception as exc:  # a header tarfile cannot read at tar.offset: skip a block
+                if tar.offset >= self.size:
+                    break
+                pending = pending or f"{type(exc).__name__}: {exc}"
+                tar.offset += block
+                continue
+            if member is None:
+                break
+            if member.offset > end and (pending or not self._zeros(end, member.offset)):
+                after = f" after {_member_text(self.members[-1])}" if self.members else ""
+                self.damage.append(
+                    _Damage(
+                        end,
+                        f"unreadable tar header at byte offset {end}{after}"
+                        f"{f' ({pending})' if pending else ''}; reading resumes at byte offset "
+                        f"{member.offset}, {_member_text(member)}",
+                        len(self.members),
+                    )
+                )
+            pending = None
+            self.members.append(member)
+            end = tar.offset
+        last = self.members[-1] if self.members else None
+        if last is not None and last.offset_data + last.size > self.size:
+            self.damage.append(
+                _Damage(
+                    self.size,
+                    f"the file ends at byte offset {self.size}, inside {_member_text(last)}: it is truncated",
+                    len(self.members) - 1,
+                )
+            )
+        elif last is None:
+            self.damage.append(
+                _Damage(
+                    0, f"no tar header can be read{f' ({pending})' if pending else ''}: not a tar file", 0
+                )
+            )
+        else:
+            where = f"after {_member_text(last)}{f' ({pending})' if pending else ''}"
+            if end > self.size:
+                what = f"the file ends at byte offset {self.size}, in the padding {where}: it is truncated"
+            elif not self._zeros(end, self.size):
+                what = (
+                    f"no tar header can be read from byte offset {end} to the end of the file (byte "
+                    f"{self.size}), {where}: it is truncated or corrupt"
+                )
+            elif self.size - end < 2 * block:
+                what = (
+                    f"the file ends at byte offset {self.size} without the tar end-of-archive marker, "
+                    f"{where}: it is truncated"
+                )
+            else:
+                return
+            self.damage.append(_Damage(min(end, self.size), what, len(self.members)))
+
+    def _group(self) -> tuple[list[_Group], int]:
+        cuts = {d.members_before for d in self.damage}
+        groups: list[_Group] = []
+        current: _Group | None = None
+        cut: int | None = None
+        after_cut = False
+        for i in range(len(self.members) + 1):
+            if i in cuts:
+                if current is not None:
+                    current.edge = True
+                if cut is None:
+                    cut = len(groups)
+                after_cut = True
+            if i == len(self.members):
+                break
+            member = self.members[i]
+            key, kind = _member_key(member.name)
+            if key is None or not member.isreg():
+                continue
+            if current is not None and key == current.key:
+                current.bad |= after_cut or kind in current.kinds
+            else:
+                current = _Group(key, edge=after_cut)
+                groups.append(current)
+            after_cut = False
+            current.members.append(member)
+            current.kinds.add(kind)
+            current.bad |= member.offset_data + member.size > self.size
+        return groups, len(groups) if cut is None else cut
+
+    def readable(self, group: _Group) -> bool:
+        """Whether all of a sample's members could be read: none truncated, none lost to a damaged place."""
+        return not group.bad and (not group.edge or group.kinds >= self.kinds)
+
+    def sample(self, group: _Group, url: str) -> dict[str, Any]:
+        """The raw sample of a readable group, as webdataset would give it."""
+        assert self._tar is not None
+        sample: dict[str, Any] = {"__key__": group.key, "__url__": url}
+        for member in group.members:
+            handle = self._tar.extractfile(member)
+            assert handle is not None
+            sample[_member_key(member.name)[1]] = handle.read()
+        return sample
+
+
+def _shard_samples(path: Path, expected: int | None, strict: bool) -> Iterator[dict[str, Any]]:
+    """One shard's raw samples (see ``raw_samples``)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    url = str(path)
+    errors: list[BaseException] = []
+
+    def record(exn: BaseException) -> bool:  # webdataset's handler: note the error, stop reading the shard
+        errors.append(exn)
+        return False
+
+    done: set[str] = set()
+    kinds: set[str] = set()
+    held: dict[str, Any] | None = None
+    try:
+        stream = open(path, "rb")
+    except OSError as exc:
+        errors.append(exc)
+    else:
+        with stream:  # webdataset's tarfile_samples without its opener, so that the file gets closed
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=record)
+            for sample in group_by_keys(files, handler=record):
+                if held is not None:
+                    done.add(held["__key__"])
+                    kinds |= {k for k in held if not k.startswith("__")}
+                    yield held
+                held = sample
+    suspect = (
+        errors
+        or (expected is not None and len(done) + (held is not None) < expected)
+        or (held is not None and not {k for k in held if not k.startswith("__")} >= kinds)
+    )
+    if not suspect:
+        if held is not None:
+            yield held
+        return
+    yield from _salvage(path, url, expected, done, errors, strict)
+
+
+def _salvage(
+    path: Path, url: str, expected: int | None, done: set[str], errors: list[BaseException], strict: bool
+) -> Iterator[dict[str, Any]]:
+    """The rest of a suspect shard: its whole samples not yielded yet (``done``: keys yielded) and a
+    placeholder (``LOST``) for each sample lost."""
+    scan = _ShardScan(path)
+    try:
+        todo = [g for g in scan.groups if g.key not in done]
+        readable = [g for g in todo if scan.readable(g)]
+        dropped = [g.key for g in todo if not scan.readable(g)]
+        found = len(done) + len(readable)
+        unknown = max(0, expected - found - len(dropped)) if expected is not None else 0
+        if scan.damage:
+            first = scan.damage[0]
+            what = first.what + (
+                f" (and {len(scan.damage) - 1} more damaged places)" if len(scan.damage) > 1 else ""
+            )
+            offset = first.offset
+        elif errors:
+            what, offset = f"reading failed ({type(errors[0]).__name__}: {errors[0].args[0]})", 0
+        else:
+            what, offset = f"it holds {found} samples, its manifest count is {expected}", scan.size
+        lost = len(dropped) + unknown
+        if lost:
+            named = ", ".join(repr(k) for k in dropped[:5]) + (
+                f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+            )
+            parts = ([f"key{'s' if len(dropped) > 1 else ''} {named}"] if named else []) + (
+                [f"{unknown} whose keys cannot be read, at byte offset {offset}"] if unknown else []
+            )
+            total = f" of its {expected}" if expected is not None else ""
+            message = f"damaged shard {path}: {what}; skipping {lost}{total} samples: {' and '.join(parts)}"
+        else:
+            message = f"damaged shard {path}: {what}; all its {found} samples could be read"
+        if strict:
+            key = dropped[0] if dropped else f"(at byte offset {offset})"
+            raise DamagedShardError(f"{message}; {strict_hint(path.parent)}", shard=url, key=key, reason=what)
+        if not lost:
+            warnings.warn(message, stacklevel=3)
+        first_lost = True
+
+        def placeholder(key: str) -> dict[str, Any]:
+            nonlocal first_lost
+            lost = {"message": message, "reason": what, "first": first_lost}
+            first_lost = False
+            return {"__key__": key, "__url__": url, LOST: lost}
+
+        for i, group in enumerate([*scan.groups, None]):
+            if i == scan.cut:
+                for j in range(unknown):
+                    yield placeholder(f"(unknown key {j + 1} of {unknown}, at byte offset {offset})")
+            if group is None:
+                break
+            if group.key in done:
+                continue
+            yield scan.sample(group, url) if scan.readable(group) else placeholder(group.key)
+    finally:
+        scan.close()
+
+
+def raw_samples(
+    shards: Iterable[Path | tuple[Path, int]], *, strict: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Undecoded samples (``__key__``, ``__url__``, and bytes per extension) of the tar files, in order.
+
+    ``shards`` are paths or ``(path, sample count)`` pairs (``split_shards``). A damaged shard (truncated,
+    a corrupt tar header, a file that cannot be opened, or fewer samples than its count) still gives every
+    sample whose members can all be read, before and after the damaged place; in place of each sample lost
+    (the one being read where reading failed, any that cannot be told apart, and, with a count, as many as
+    are missing) it gives a placeholder ``{"__key__", "__url__", LOST: …}`` on which ``decode_sample``
+    raises ``DamagedShardError``, so that consumers skip and count it like an undecodable image, and the
+    stream stays the same from one reading to the next (resuming counts raw samples). A damaged place
+    that loses no sample is only warned about.
+
+    Raises:
+        DamagedShardError: with ``strict=True``, at the first damaged shard, naming it, where reading
+            failed (member and key, or byte offset) and what to do.
+    """
+    for shard in shards:
+        path, expected = (Path(shard[0]), int(shard[1])) if isinstance(shard, tuple) else (Path(shard), None)
+        yield from _shard_samples(path, expected, strict)
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[str, Image.Image, str]:
     """``(key, RGB image, caption)`` of a raw sample; the caption is "" when there is no ``.txt``.
 
     Raises:
+        DamagedShardError: the sample is a placeholder for one lost in a damaged shard (``raw_samples``).
         ValueError: the sample has no image member or its image cannot be decoded; the message names the
             key and the shard.
     """
     key, url = sample["__key__"], sample.get("__url__", "?")
+    lost = sample.get(LOST)
+    if lost is not None:
+        message = lost["message"] if lost["first"] else f"sample {key} of {lost['message']}"
+        raise DamagedShardError(message, shard=url, key=key, reason=lost["reason"], first=lost["first"])
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
         raise ValueError(f"sample {key!r} in shard {url}: no image member (.png/.jpg/.webp)")
@@ -397,25 +772,47 @@ def iter_samples(
 ) -> Iterator[tuple[str, Image.Image, str]]:
     """Iterate a split's samples in shard order, for evaluation: ``(key, PIL RGB image, caption)``.
 
-    Images are as stored (uint8 RGB at the build resolution). A sample that fails to decode is skipped:
-    with a warning naming its key and shard, or, when ``unreadable`` is given, recorded there as
-    ``"SHARD/KEY" → reason`` for the caller to report (``infinity_lit.data.images.report_unreadable``); with
-    ``strict=True`` it raises instead.
+    Images are as stored (uint8 RGB at the build resolution). Skipped: a sample whose image fails to decode
+    and every sample lost in a damaged shard (see ``raw_samples``; the readable rest of such a shard is
+    still given). Each is warned about, naming key and shard (one warning per damaged shard), or, when
+    ``unreadable`` is given, recorded there as ``"SHARD/KEY" → reason`` for the caller to report
+    (``infinity_lit.data.images.report_unreadable``).
 
     Raises:
-        FileNotFoundError: no data (see ``read_manifest``). ValueError: bad sample with ``strict=True``.
+        FileNotFoundError: no data (see ``read_manifest``).
+        ValueError: with ``strict=True``, at the first undecodable image or damaged shard
+            (``DamagedShardError``), naming shard and key and what to do; without ``unreadable``, when no
+            sample of the split can be read (saying how to build data).
     """
-    for sample in raw_samples(p for p, _ in split_shards(data_dir, split)):
+    data_dir = Path(data_dir)
+    read = skipped = 0
+    for sample in raw_samples(split_shards(data_dir, split), strict=strict):
         try:
-            yield decode_sample(sample)
+            item = decode_sample(sample)
+        except DamagedShardError as exc:
+            skipped += 1
+            if unreadable is not None:
+                unreadable[f"{Path(exc.shard).name}/{exc.key}"] = f"damaged shard: {exc.reason}"
+            elif exc.first:
+                warnings.warn(str(exc), stacklevel=2)
+            continue
         except ValueError as exc:
             if strict:
-                raise
+                raise ValueError(f"{exc}; {strict_hint(data_dir)}") from exc
+            skipped += 1
             if unreadable is None:
                 warnings.warn(f"skipping {exc}", stacklevel=2)
             else:
                 shard = Path(str(sample.get("__url__", "?"))).name
                 unreadable[f"{shard}/{sample['__key__']}"] = str(exc.__cause__ or exc)
+            continue
+        read += 1
+        yield item
+    if not read and unreadable is None:
+        raise ValueError(
+            f"no sample of the {split!r} split in {str(data_dir)!r} can be read ({skipped} skipped, see the "
+            f"warnings); {rebuild_hint(data_dir)}"
+        )
 
 
 def load_split(

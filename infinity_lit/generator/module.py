@@ -55,7 +55,7 @@ from infinity_lit.checkpoints import (
     read_checkpoint,
 )
 from infinity_lit.tokenizer import load_tokenizer
-from infinity_lit.training.callbacks import epoch_means, log_epoch_means
+from infinity_lit.training.callbacks import epoch_means, log_epoch_means, log_skipped_samples
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 from infinity_lit.training.seeding import RANDOM_STREAMS, RandomStreams, run_seed
@@ -427,7 +427,11 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         self.random_streams.start(run_seed(), self.global_rank)
         super().on_fit_start()
 
+    def on_train_epoch_end(self) -> None:
+        log_skipped_samples(self)
+
     def on_validation_epoch_end(self) -> None:
+        log_skipped_samples(self)
         prompts = self.hparams.val_prompts
         if not prompts or self.trainer.sanity_checking or self.logger is None:
             return

@@ -43,7 +43,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from infinity_lit.metrics.reconstruction import psnr, ssim
-from infinity_lit.training.callbacks import epoch_means, log_epoch_means
+from infinity_lit.training.callbacks import epoch_means, log_epoch_means, log_skipped_samples
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 from infinity_lit.training.seeding import RANDOM_STREAMS, RandomStreams, run_seed
@@ -326,7 +326,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
-        self._log_skipped()
+        log_skipped_samples(self)
 
     # ------------------------------------------------------------------ validation / test
     def _reset_eval_stats(self) -> None:
@@ -349,7 +349,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
-        self._log_skipped()
+        log_skipped_samples(self)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
@@ -432,12 +432,6 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         experiment = self._tensorboard()
         if experiment is not None:
             experiment.add_histogram(f"{stage}/bit_usage", p.cpu(), self.global_step)
-
-    def _log_skipped(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        skipped = getattr(datamodule, "skipped_samples", None)
-        if skipped is not None:
-            self.log("data/skipped_samples", float(skipped), rank_zero_only=True)
 
     def _tensorboard(self) -> Any:
         if self.logger is None or self.trainer.sanity_checking:

@@ -157,3 +157,12 @@ def log_epoch_means(module: LightningModule, means: Any, metrics: Mapping[str, A
         mean = means[name.replace("/", "_")]
         mean.update(value, batch_size)
         module.log(name, mean)
+
+
+def log_skipped_samples(module: LightningModule) -> None:
+    """Log ``data/skipped_samples``: the samples the data module skipped so far (undecodable images, samples
+    lost in damaged shards; ``ShardDataModule.skipped_samples``, this rank's count), when it counts them."""
+    datamodule = getattr(module.trainer, "datamodule", None)
+    skipped = getattr(datamodule, "skipped_samples", None)
+    if skipped is not None:
+        module.log("data/skipped_samples", float(skipped), rank_zero_only=True)
