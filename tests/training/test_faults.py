@@ -100,7 +100,9 @@ def test_a_dead_data_loader_worker_is_a_clear_error_and_last_ckpt_stays_whole(
     kill = {"class_path": "test_faults.KillWorkerAtStep", "init_args": {"step": 3}}
     config = _config(tmp_path, "worker", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
     args = ["fit", "-c", str(config), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2"]
-    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (exited unexpectedly|is killed by signal)"):
+    with pytest.raises(
+        RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (exited unexpectedly|is killed by signal)"
+    ):
         train.generator([*args, "--data.num_workers", "1"])
     assert _load(tmp_path / "runs" / "worker" / "checkpoints" / "last.ckpt")["global_step"] == 2
 
