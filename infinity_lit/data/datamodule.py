@@ -141,6 +141,8 @@ class ShardDataset(IterableDataset):
         #: decoding; else "batches", batches of this rank already yielded, decoded again and dropped.
         self.resume: dict[str, Any] | None = None
         self.skipped = torch.zeros(max(1, num_workers), dtype=torch.int64).share_memory_()
+        #: ``SHARD/KEY`` of the samples skipped since the last batch was made (this process).
+        self.skipped_names: list[str] = []
         if not train and self.num_samples < world_size:
             raise ValueError(
                 f"the {split!r} split has {self.num_samples} samples, fewer than the {world_size} ranks; "
@@ -244,8 +246,10 @@ class ShardDataset(IterableDataset):
     ) -> Iterator[tuple[str, torch.Tensor, str, int]]:
         """(key, uint8 image, caption, raw samples consumed so far including this one) per decodable
         sample; ``raw_offset`` raw samples were passed over before. Undecodable samples and placeholders of
-        samples lost in damaged shards are counted in ``skipped`` and warned about (see the class)."""
+        samples lost in damaged shards are counted in ``skipped``, warned about (see the class) and named
+        (``SHARD/KEY``) in ``skipped_names``, which ``_batches`` empties into each batch."""
         failures_in_a_row = 0
+        skipped = self.skipped_names
         for raw_count, sample in enumerate(samples, start=raw_offset + 1):
             try:
                 key, image, caption = decode_sample(sample)
@@ -255,6 +259,12 @@ class ShardDataset(IterableDataset):
                         raise
                     raise ValueError(f"{exc}; {strict_hint(self.data_dir)}") from exc
                 self.skipped[worker_id] += 1
+                if isinstance(exc, DamagedShardError):
+                    skipped.append(f"{Path(exc.shard).name}/{exc.key}")
+                else:
+                    skipped.append(
+                        f"{Path(str(sample.get('__url__', '?'))).name}/{sample.get('__key__', '?')}"
+                    )
                 if not isinstance(exc, DamagedShardError):
                     warnings.warn(f"skipping {exc}", stacklevel=2)
                 elif exc.first:  # one warning for all the samples lost at that damaged place
@@ -283,11 +293,15 @@ class ShardDataset(IterableDataset):
             if not chunk or (len(chunk) < self.batch_size and not partial):
                 return
             keys, images, captions, raw_counts = zip(*chunk)
+            # skipped before or among this batch's samples (or after them, at the end of the pass)
+            skipped, self.skipped_names[:] = list(self.skipped_names), []
             yielded += len(chunk)
             yield {
                 "image": torch.stack(images).float().div_(127.5).sub_(1.0),  # uint8 [0,255] → [-1,1]
                 "caption": list(captions),
                 "key": list(keys),
+                # ``SHARD/KEY`` of the samples skipped while this batch was filled (``log_skipped_samples``).
+                SKIPPED: skipped,
                 # (global worker, raw samples passed, samples yielded) after this batch, for resuming.
                 POSITION: (global_worker, raw_counts[-1], yielded),
             }
@@ -319,6 +333,8 @@ class ShardDataset(IterableDataset):
 
 #: Batch key holding (global worker, raw samples passed, samples yielded) after the batch (training data).
 POSITION = "position"
+#: Batch key holding the ``SHARD/KEY`` names of the samples skipped while the batch was filled.
+SKIPPED = "skipped"
 
 
 class _EpochDataLoader(DataLoader):

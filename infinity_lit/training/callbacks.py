@@ -166,3 +166,35 @@ def log_skipped_samples(module: LightningModule) -> None:
     skipped = getattr(datamodule, "skipped_samples", None)
     if skipped is not None:
         module.log("data/skipped_samples", float(skipped), rank_zero_only=True)
+
+
+class SkippedSamplesText(Callback):
+    """Writes the ``SHARD/KEY`` names of the samples the data loader skipped (undecodable images, samples lost
+    in damaged shards; a batch's ``"skipped"`` entry, ``data.datamodule.SKIPPED``) to TensorBoard as text
+    (``data/skipped``, at the step where they were met), beside the count ``log_skipped_samples`` logs.
+    Names reach it from loader workers too; on rank 0 only those of rank 0's loader."""
+
+    def _write(self, trainer: Trainer, batch: Any) -> None:
+        names = batch.get("skipped") if isinstance(batch, Mapping) else None
+        if not names or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text("data/skipped", "  \n".join(map(str, names)), trainer.global_step)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._write(trainer, batch)
+
+    def on_validation_batch_start(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, batch)

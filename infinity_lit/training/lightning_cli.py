@@ -39,7 +39,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from infinity_lit import runs
 from infinity_lit.checkpoints import CheckpointError, load_file
 
-from .callbacks import HParamsWithFinalMetrics
+from .callbacks import HParamsWithFinalMetrics, SkippedSamplesText
 from .checkpointing import AtomicCheckpointIO, RunCheckpoint
 from .finite import NonFiniteGuard
 from .progress import step_progress_bar
@@ -317,7 +317,7 @@ def run_cli(
             },
         },
         # LightningCLI adds default callbacks to those of the config.
-        "callbacks": [HParamsWithFinalMetrics()],
+        "callbacks": [HParamsWithFinalMetrics(), SkippedSamplesText()],
     }
     return cli_class(
         model_class,

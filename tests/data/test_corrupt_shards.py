@@ -314,10 +314,12 @@ def test_skip_count_reaches_tensorboard(damaged: Damaged, tmp_path: Path) -> Non
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from infinity_lit.tokenizer.module import TokenizerModule
+    from infinity_lit.training.callbacks import SkippedSamplesText
 
     model = TokenizerModule(tokenizer=TINY_TOKENIZER, gan_weight=0.0, perceptual_weight=0.0, num_log_images=0)
     dm = ShardDataModule(damaged.data_dir, resolution=RESOLUTION, batch_size=8, num_workers=0)
     trainer = L.Trainer(
+        callbacks=[SkippedSamplesText()],
         max_epochs=1,
         limit_train_batches=2,
         accelerator="cpu",
@@ -334,6 +336,19 @@ def test_skip_count_reaches_tensorboard(damaged: Damaged, tmp_path: Path) -> Non
     events.Reload()
     logged = [e.value for e in events.Scalars("data/skipped_samples")]
     assert logged and logged[-1] == dm.skipped_samples >= len(damaged.lost_val)
+    # the names (SHARD/KEY) of skipped samples, as text: each one of the lost samples, in its shard
+    names = [
+        line
+        for event in events.Tensors("data/skipped/text_summary")  # add_text's tag
+        for text in event.tensor_proto.string_val
+        for line in text.decode().split("  \n")
+    ]
+    assert names, "no skipped sample named in TensorBoard"
+    lost = damaged.lost_train | damaged.lost_val
+    shards, keys = zip(*(name.split("/", 1) for name in names))
+    assert all(shard.endswith(".tar") for shard in shards), names
+    # a lost sample's key, or, past the point where the shard is cut, "(unknown key …, at byte offset N)"
+    assert all(key in lost or key.startswith("(unknown key") for key in keys) and set(keys) & lost, names
 
 
 # ---------------------------------------------------------------- no usable data

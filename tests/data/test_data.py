@@ -270,7 +270,8 @@ def test_datamodule_batches(openmoji_shards: Path) -> None:
     batches = list(loader)
     assert len(batches) == len(loader) == dm.num_samples["train"] // 4
     for batch in batches:
-        assert set(batch) == {"image", "caption", "key", "position"}
+        assert set(batch) == {"image", "caption", "key", "position", "skipped"}
+        assert batch["skipped"] == []  # intact shards: nothing skipped
         assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
         assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
         assert len(batch["caption"]) == len(batch["key"]) == 4 and all(
