@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     A user error (``is_user_error``) prints ``error: <message>`` on one line of stderr and exits with
     status 2; ``--debug`` before the group (or ``INFINITY_LIT_DEBUG=1``) lets it propagate with its
     traceback. Any other exception propagates as it is (a bug: its traceback is the report). A fit
-    stopped by SIGTERM or Ctrl+C (after writing ``last.ckpt``) exits with status 143 or 130.
+    stopped by SIGTERM or Ctrl+C (after writing ``last.ckpt``) exits with status 143 or 130; one whose data
+    loader worker died prints one line saying so and how to resume, and exits with status 1.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--debug"]:
@@ -141,7 +142,22 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(128 + int(stop_signal() or signal.SIGTERM)) from None
     except Exception as err:
+        if not debug_enabled() and _is_dead_worker(err):
+            # Not a bug here and not a user's mistake: the machine took a loader process away (most often
+            # the out-of-memory killer). The checkpoints written so far are whole (AtomicCheckpointIO).
+            print(
+                f"error: {one_line(str(err))}: a data loader worker process died, most often killed for "
+                "memory; lower --data.init_args.num_workers or the batch size, then resume with --ckpt_path "
+                "pointing at the run folder (--debug shows the traceback)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
         if debug_enabled() or not is_user_error(err):
             raise
         print(f"error: {one_line(str(err)) or type(err).__name__}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _is_dead_worker(err: BaseException) -> bool:
+    """Whether ``err`` is torch's DataLoader error for a worker process that died (killed, crashed)."""
+    return isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker (pid")

@@ -95,16 +95,34 @@ def test_fits_write_checkpoints_with_the_atomic_io(tmp_path, openmoji_shards, ti
 
 
 def test_a_dead_data_loader_worker_is_a_clear_error_and_last_ckpt_stays_whole(
-    tmp_path, openmoji_shards, tiny_tokenizer_ckpt
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt, capsys
 ):
+    """A loader worker SIGKILLed mid-fit (as the out-of-memory killer does): torch's error in the library, one
+    line saying what happened and how to resume from ``infinity-lit``, and last.ckpt whole at its step."""
+    from infinity_lit.cli import main
+    from infinity_lit.cli.common import DEBUG_ENV
+
     kill = {"class_path": "test_faults.KillWorkerAtStep", "init_args": {"step": 3}}
     config = _config(tmp_path, "worker", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
     args = ["fit", "-c", str(config), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2"]
+    args += ["--data.num_workers", "1"]
     with pytest.raises(
-        RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (exited unexpectedly|is killed by signal)"
+        RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (exited unexpectedly|is killed)"
     ):
-        train.generator([*args, "--data.num_workers", "1"])
-    assert _load(tmp_path / "runs" / "worker" / "checkpoints" / "last.ckpt")["global_step"] == 2
+        train.generator(args)
+    last = tmp_path / "runs" / "worker" / "checkpoints" / "last.ckpt"
+    assert _load(last)["global_step"] == 2
+
+    os.environ.pop(DEBUG_ENV, None)
+    config = _config(tmp_path, "worker_cli", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(["generator", "fit", "-c", str(config), *args[3:]])
+    assert stopped.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "a data loader worker process died" in errors[0], errors
+    assert "--ckpt_path" in errors[0]
+    assert _load(tmp_path / "runs" / "worker_cli" / "checkpoints" / "last.ckpt")["global_step"] == 2
 
 
 def test_a_requeued_command_resumes_and_a_finished_run_trains_nothing_more(
