@@ -3,6 +3,7 @@ tolerances of exact resume, read the logged TensorBoard steps, and a callback th
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -11,13 +12,19 @@ import torch
 
 
 class SignalAtStep(pl.Callback):
-    """Sends ``signum`` to this process once ``step`` optimiser steps are done, as ``kill`` would."""
+    """Sends ``signum`` to this process once ``step`` optimiser steps are done, as ``kill`` would; with
+    ``group``, to its data loader workers too, as a terminal's Ctrl+C reaches the whole process group."""
 
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum = step, signum
+    def __init__(self, step: int, signum: int, group: bool = False) -> None:
+        self.step, self.signum, self.group = step, signum, group
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
+            if self.group:
+                workers = multiprocessing.active_children()
+                assert workers, "the fit should have data loader workers"
+                for worker in workers:
+                    os.kill(worker.pid, self.signum)
             os.kill(os.getpid(), self.signum)
 
 

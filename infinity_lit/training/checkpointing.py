@@ -36,6 +36,7 @@ resumes in place.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -68,6 +69,20 @@ _STOPPED_BY: signal.Signals | None = None
 def stop_signal() -> signal.Signals | None:
     """The signal (``SIGTERM`` / ``SIGINT``) that stopped this process's latest fit, or None."""
     return _STOPPED_BY
+
+
+#: Lightning's logger of the signal handlers ("Received SIGTERM: 15").
+_SIGNAL_LOGGER = "lightning.pytorch.trainer.connectors.signal_connector"
+
+
+class _DropSigtermLine(logging.Filter):
+    """Drops Lightning's next "Received SIGTERM" line (the one a Ctrl+C causes), then removes itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Received SIGTERM" not in str(record.msg):
+            return True
+        logging.getLogger(_SIGNAL_LOGGER).removeFilter(self)
+        return False
 
 
 class CheckpointWriteError(OSError):
@@ -108,6 +123,7 @@ class RunCheckpoint(ModelCheckpoint):
         #: The signal that stopped the last fit (``signal.SIGTERM`` / ``signal.SIGINT``), else None.
         self.stopped_by: signal.Signals | None = None
         self._previous_sigint: Any = None
+        self._pid = os.getpid()  # the process whose Ctrl+C stops the fit (not a forked loader worker)
         self._sigint_installed = False
         if self.monitor is not None and self.filename is None:
             self.filename = BEST if self.save_top_k == 1 else f"{BEST}-{{step}}"
@@ -122,6 +138,7 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self.stopped_by = None
         if self.save_on_signal and threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous_sigint = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._on_sigint)
             self._sigint_installed = True
@@ -129,10 +146,16 @@ class RunCheckpoint(ModelCheckpoint):
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         # The first Ctrl+C asks for the same stop as SIGTERM (Lightning's handler ends the loop at the end
         # of the batch, on every rank); the next one is the previous handler's (KeyboardInterrupt).
+        if os.getpid() != self._pid:
+            # A data loader worker, forked with this handler: a terminal's Ctrl+C reaches the whole process
+            # group. The worker goes on serving batches until the trainer stops; it must not stop itself.
+            return
         self._restore_sigint()
         if self.stopped_by is None:
             self.stopped_by = signal.SIGINT
         rank_zero_info("Ctrl+C: stopping after this batch and saving last.ckpt (again to stop at once)")
+        # Lightning's "Received SIGTERM" line would read as if something else had killed the run.
+        logging.getLogger(_SIGNAL_LOGGER).addFilter(_DropSigtermLine())
         os.kill(os.getpid(), signal.SIGTERM)
 
     def _restore_sigint(self) -> None:

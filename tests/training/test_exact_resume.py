@@ -199,6 +199,22 @@ def test_a_signal_saves_the_step_and_the_resume_is_exact(
     assert len(steps) == len(set(steps)) == total
 
 
+def test_ctrl_c_to_the_process_group_with_loader_workers_saves_the_step(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt, caplog
+):
+    """A terminal's Ctrl+C reaches the loader workers too: they go on serving batches (they inherit the
+    handler, which only the training process acts on), the fit stops after the batch with last.ckpt at
+    that step, and Lightning's "Received SIGTERM" line is not shown for it."""
+    kill = {"class_path": "resume_checks.SignalAtStep", "init_args": {"step": 5, "signum": 2, "group": True}}
+    config = _config(tmp_path, "group", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
+    args = ["fit", "-c", str(config), "--trainer.max_steps", "9", "--data.num_workers", "1"]
+    with pytest.raises(SystemExit) as stopped, caplog.at_level("INFO"):
+        train.generator(args)
+    assert type(stopped.value).__name__ == "SIGTERMException"
+    assert _load(tmp_path / "runs" / "group" / "checkpoints" / "last.ckpt")["global_step"] == 5
+    assert not [r for r in caplog.records if "Received SIGTERM" in r.getMessage()]
+
+
 def test_a_cli_fit_stopped_by_sigterm_exits_143(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
     from infinity_lit.cli import main
 
