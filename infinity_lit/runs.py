@@ -132,6 +132,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"no checkpoint or run folder at {str(path)!r}")
 
 
+def run_of_checkpoint(ckpt_path: str | Path | None) -> Path | None:
+    """The run folder a ``--ckpt_path`` belongs to: ``<run>`` for ``<run>/checkpoints/<file>.ckpt``, or a run
+    folder given as itself (one holding ``checkpoints/last.ckpt``); None for no path, one of Lightning's
+    keywords, a checkpoint outside the run layout, or nothing at the path."""
+    if ckpt_path is None or is_lightning_keyword(ckpt_path):
+        return None
+    path = Path(ckpt_path)
+    if path.is_dir():
+        return path if last_checkpoint(path).is_file() else None
+    if path.is_file() and path.parent.name == CHECKPOINTS:
+        return path.parent.parent
+    return None
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())

@@ -296,3 +296,26 @@ def test_two_step_fit_then_the_same_fit_is_refused(openmoji_shards, tmp_path, mo
     assert "--ckpt_path runs/tokenizer/tiny/checkpoints/last.ckpt" in err
     assert runs.last_checkpoint(run).stat().st_mtime_ns == stamp
     shutil.rmtree(run)
+
+
+def test_a_moved_run_folder_resumes_and_is_tested_where_it_is(parsed, tmp_path, monkeypatch):
+    """``--ckpt_path`` inside a run folder puts the run there, whatever the recipe's run_name: a moved
+    folder's fit continues in it (no stray runs/tokenizer/openmoji64 beside), and ``test`` of another run's
+    checkpoint logs into that run's test/ sub-folder."""
+    monkeypatch.chdir(tmp_path)
+    moved = tmp_path / "elsewhere" / "om_tok"
+    last = _fake_checkpoint(runs.last_checkpoint(moved))
+    for ckpt in (moved, last):
+        config = parsed("tokenizer", ["fit", "-c", str(RECIPE), "--ckpt_path", str(ckpt)])
+        logger = config.trainer.logger.init_args
+        assert runs.logger_run_dir(logger.save_dir, logger.name, logger.version) == moved
+        assert config.run_name == "om_tok" and config.ckpt_path == str(last)
+    config = parsed("tokenizer", ["test", "-c", str(RECIPE), "--ckpt_path", str(moved)])
+    logger = config.trainer.logger.init_args
+    assert runs.logger_run_dir(logger.save_dir, logger.name, logger.version) == moved
+    assert logger.sub_dir == "test"
+    # a checkpoint outside the run layout leaves the run where run_name puts it
+    loose = _fake_checkpoint(tmp_path / "loose.ckpt")
+    config = parsed("tokenizer", ["fit", "-c", str(RECIPE), "--ckpt_path", str(loose)])
+    assert config.run_name == "openmoji64"
+    assert not (tmp_path / "runs").exists()

@@ -66,13 +66,36 @@ def _logger_args(logger: Any) -> Namespace | None:
     return None
 
 
+def _follow_the_checkpoint(config: Namespace, loggers: list[Any]) -> None:
+    """A ``--ckpt_path`` inside a run folder (``runs.run_of_checkpoint``) puts the first logger in that run
+    folder, wherever it now is and whatever ``run_name`` says: a resumed fit continues its own run (also one
+    that was moved or copied), a ``validate`` / ``test`` logs into that run's sub-folder. Explicit
+    ``--checkpoint.dirpath`` settings are left alone."""
+    resumed = runs.run_of_checkpoint(config.get("ckpt_path"))
+    if resumed is None or config.get("checkpoint.dirpath") is not None or not loggers:
+        return
+    args = _logger_args(loggers[0])
+    if args is None or "save_dir" not in args:
+        return
+    folder = runs.logger_run_dir(
+        args.get("save_dir") or config.get("trainer.default_root_dir") or os.getcwd(),
+        args.get("name"),
+        args.get("version"),
+    )
+    if folder is not None and folder.resolve() == resumed.resolve():
+        return
+    args.save_dir, args.name, args.version = str(resumed.parent), resumed.name, runs.RUN_VERSION
+    config[runs.RUN_NAME_KEY] = resumed.name
+
+
 def configure_run(config: Namespace, subcommand: str | None, top: Namespace | None = None) -> Path | None:
     """Put the parsed run ``config`` of ``subcommand`` into the layout of ``infinity_lit.runs``.
 
     A logger whose ``name`` is unset is named by ``run_name`` (default: the stem of the first config
     file); ``validate`` / ``test`` with a fixed logger folder log into its ``<subcommand>/`` sub-folder, so
-    they never replace the fit's ``config.yaml`` / ``hparams.yaml``. For ``fit``, the run's checkpoint folder
-    is checked by ``runs.check_new_run``.
+    they never replace the fit's ``config.yaml`` / ``hparams.yaml``. A ``--ckpt_path`` inside a run folder
+    puts the run there (``_follow_the_checkpoint``). For ``fit``, the run's checkpoint folder is checked by
+    ``runs.check_new_run``.
 
     Returns:
         the checkpoint folder of a ``fit`` (None when the logger picks a fresh versioned folder itself).
@@ -104,6 +127,7 @@ def configure_run(config: Namespace, subcommand: str | None, top: Namespace | No
             and isinstance(args.get("version"), str)
         ):
             args.sub_dir = subcommand
+    _follow_the_checkpoint(config, loggers)
     if subcommand != "fit":
         return None
 

@@ -156,3 +156,21 @@ def test_a_requeued_command_resumes_and_a_finished_run_trains_nothing_more(
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt"]
     steps = _logged_steps(folder, "train/loss")
     assert len(steps) == len(set(steps)) == 10
+
+
+def test_a_moved_run_folder_resumes_in_place(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
+    """A run folder moved elsewhere resumes where it now is (same config file, which still names the old
+    place): checkpoints and TensorBoard steps continue there, nothing is written at the old place."""
+    import shutil
+
+    from resume_checks import logged_steps
+
+    config = _config(tmp_path, "first", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    train.generator(["fit", "-c", str(config), "--trainer.max_steps", "4"])
+    moved = tmp_path / "moved" / "first"
+    shutil.move(tmp_path / "runs" / "first", moved)
+    train.generator(["fit", "-c", str(config), "--trainer.max_steps", "6", "--ckpt_path", str(moved)])
+    assert not (tmp_path / "runs" / "first").exists()
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert _load(moved / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert logged_steps(moved, "train/loss") == list(range(6))  # one per step, none twice
