@@ -127,7 +127,8 @@ def sample_to_folder(
         {"written": n, "skipped": n already present, "total": len(prompts)}.
 
     Raises:
-        ValueError: no prompts, a result of the wrong shape, or a folder sampled with other settings.
+        ValueError: no prompts, a result of the wrong shape, a folder sampled with other settings, or one
+            holding images for more prompts than given.
     """
     from tqdm import tqdm
 
@@ -147,6 +148,20 @@ def sample_to_folder(
     if conflict:
         raise ValueError(
             f"{out_dir} already holds samples made with other settings ({conflict}); use a new output folder"
+        )
+    beyond = sorted(
+        {
+            rec["index"]
+            for rec in existing
+            if isinstance(rec.get("index"), int)
+            and rec["index"] >= len(prompts)
+            and (out_dir / rec.get("file", "")).is_file()
+        }
+    )
+    if beyond:
+        raise ValueError(
+            f"{out_dir} already holds {len(beyond)} more images than the {len(prompts)} asked for (images "
+            f"{beyond[0]}…{beyond[-1]}), which scoring the folder would count; use a new output folder"
         )
     done: set[int] = set()
     for rec in existing:

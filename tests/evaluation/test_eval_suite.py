@@ -116,7 +116,11 @@ def test_sample_to_folder_is_resumable_and_deterministic(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         sample_to_folder(fake_sampler(calls), prompts, out, seed=4, settings={"cfg": 2.0})
     with pytest.raises(ValueError, match="prompt 1 is now"):
-        sample_to_folder(fake_sampler(calls), ["prompt 0", "other"], out, seed=3, settings={"cfg": 2.0})
+        changed = ["prompt 0", "other", *prompts[2:]]
+        sample_to_folder(fake_sampler(calls), changed, out, seed=3, settings={"cfg": 2.0})
+    # fewer prompts than images in the folder: scoring it would count the extra ones
+    with pytest.raises(ValueError, match=r"holds 3 more images than the 2 asked for \(images 2…4\)"):
+        sample_to_folder(fake_sampler(calls), prompts[:2], out, seed=3, settings={"cfg": 2.0})
 
 
 def test_read_prompts_formats(tmp_path):
