@@ -185,3 +185,16 @@ def test_a_missing_or_corrupt_weights_file(tmp_path, openmoji_shards, damage, ca
         capsys,
     )
     assert str(weights) in line or weights.name in line
+
+
+def test_a_generator_resolution_that_does_not_fit_its_tokenizer(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt, capsys
+):
+    """The tiny tokenizer ends at 4×4 at stride 8 (32²): data at 64² is refused before training, naming the
+    option and its value."""
+    line = _fails_before_training(
+        _generator_fit(tmp_path, openmoji_shards, tiny_tokenizer_ckpt, "--data.init_args.resolution=64"),
+        tmp_path / "runs",
+        capsys,
+    )
+    assert "gives a 8×8 latent grid" in line and "set data.resolution to 32" in line

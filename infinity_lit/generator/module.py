@@ -55,6 +55,7 @@ from infinity_lit.checkpoints import (
     read_checkpoint,
 )
 from infinity_lit.tokenizer import load_tokenizer
+from infinity_lit.tokenizer.module import check_data_resolution
 from infinity_lit.training.callbacks import epoch_means, log_epoch_means, log_skipped_samples
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
@@ -421,6 +422,22 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         if isinstance(checkpoint.get(RANDOM_STREAMS), Mapping):
             self.random_streams.load_state_dict(checkpoint[RANDOM_STREAMS])
         super().on_load_checkpoint(checkpoint)
+
+    def setup(self, stage: str) -> None:
+        """Check, before training, that the data module's resolution gives the frozen tokenizer's last grid.
+
+        Raises:
+            ValueError: it does not (the message says which ``data.resolution`` to set).
+        """
+        super().setup(stage)
+        check_data_resolution(
+            self.trainer if self._trainer is not None else None,
+            self.tokenizer.stride,
+            self.tokenizer.scale_schedule[-1],
+            tuple(self.tokenizer.config.image_size),
+            schedule_option=None,
+            stride_option=None,
+        )
 
     def on_fit_start(self) -> None:
         # The run's seed, unless a resumed checkpoint brought the streams' own.

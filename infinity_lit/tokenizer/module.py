@@ -34,7 +34,7 @@ distinct codes gathered from every rank (the grid is rank 0's).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -195,28 +195,14 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             ValueError: the resolution is not divisible by the stride or does not fit the schedule.
         """
         super().setup(stage)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        resolution = getattr(datamodule, "resolution", None)
-        if resolution is None:
-            resolution = getattr(datamodule, "hparams", {}).get("resolution")
-        if resolution is None:
-            return
-        h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-        stride, last = self.tokenizer.stride, self.tokenizer.scale_schedule[-1]
-        fit_h, fit_w = self.config.image_size
-        fit = fit_h if fit_h == fit_w else f"{fit_h}×{fit_w}"
-        if h % stride or w % stride:
-            raise ValueError(
-                f"data resolution {h}×{w} is not divisible by the tokenizer stride {stride} "
-                f"(model.tokenizer.channel_multipliers); set data.resolution to {fit} for the scale schedule "
-                f"ending at {last}"
-            )
-        if (h // stride, w // stride) != last:
-            raise ValueError(
-                f"data resolution {h}×{w} gives a {h // stride}×{w // stride} latent grid at stride {stride}, but "
-                f"model.tokenizer.scale_schedule ends at {last[0]}×{last[1]}; set data.resolution to {fit} or "
-                f"end the schedule at [{h // stride}, {w // stride}]"
-            )
+        check_data_resolution(
+            self.trainer if self._trainer is not None else None,
+            self.tokenizer.stride,
+            self.tokenizer.scale_schedule[-1],
+            tuple(self.config.image_size),
+            schedule_option="model.tokenizer.scale_schedule",
+            stride_option="model.tokenizer.channel_multipliers",
+        )
 
     def configure_optimizers(self) -> Any:
         """AdamW for the tokenizer (and the discriminator), each with the ``optimizer`` schedule.
@@ -466,3 +452,49 @@ def reconstruction_grid(images: Tensor, reconstructions: list[Tensor]) -> Tensor
 
     rows = torch.cat([images.float(), *(r.float() for r in reconstructions)], dim=0)
     return make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=images.shape[0], padding=2, pad_value=1.0)
+
+
+def check_data_resolution(
+    trainer: Any,
+    stride: int,
+    last: Sequence[int],
+    image_size: tuple[int, int],
+    schedule_option: str | None,
+    stride_option: str | None,
+) -> None:
+    """Compare the data module's image resolution with a tokenizer's stride and last scale, before training.
+
+    Args:
+        trainer: the Trainer whose ``datamodule`` has a ``resolution`` (None, or no resolution: no check).
+        stride: the tokenizer's downsampling factor; ``last``: the (h, w) of its schedule's last scale.
+        image_size: the (H, W) the tokenizer was built for (``last`` × ``stride``).
+        schedule_option / stride_option: the options that set them, for the message (None: they come from a
+            checkpoint and cannot be changed here).
+
+    Raises:
+        ValueError: the resolution is not divisible by the stride or does not give the schedule's last grid;
+            the message says which option to set.
+    """
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    resolution = getattr(datamodule, "resolution", None)
+    if resolution is None:
+        resolution = getattr(datamodule, "hparams", {}).get("resolution")
+    if resolution is None:
+        return
+    h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    fit_h, fit_w = image_size
+    fit = fit_h if fit_h == fit_w else f"{fit_h}×{fit_w}"
+    last = tuple(last)
+    source = "" if stride_option is None else f" ({stride_option})"
+    if h % stride or w % stride:
+        raise ValueError(
+            f"data resolution {h}×{w} is not divisible by the tokenizer stride {stride}{source}; set "
+            f"data.resolution to {fit} for the scale schedule ending at {last}"
+        )
+    if (h // stride, w // stride) != last:
+        where = schedule_option or "the tokenizer checkpoint's scale schedule"
+        change = f" or end the schedule at [{h // stride}, {w // stride}]" if schedule_option else ""
+        raise ValueError(
+            f"data resolution {h}×{w} gives a {h // stride}×{w // stride} latent grid at stride {stride}, but "
+            f"{where} ends at {last[0]}×{last[1]}; set data.resolution to {fit}{change}"
+        )
