@@ -20,6 +20,12 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
         f"({len(manifest['splits']['train']['shards'])} + {len(manifest['splits']['val']['shards'])} shards)",
         f"skipped {skipped['count']} ({reasons})",
     ]
+    empty = [s for s in ("train", "val") if not counts[s]]
+    if empty and any(counts.values()):
+        lines.append(
+            f"warning: no {' or '.join(repr(s) for s in empty)} samples: training and evaluation need both; "
+            "rebuild with a larger --val_fraction or with more images"
+        )
     for field in ("uncaptioned", "upscaled", "captions_without_image"):
         if manifest.get(field):
             lines.append(f"{field.replace('_', ' ')}: {manifest[field]}")

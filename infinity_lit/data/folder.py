@@ -132,7 +132,7 @@ def build_folder_shards(
 
     Raises:
         FileNotFoundError: ``images`` or ``captions`` missing, or no image files found. ValueError: bad
-            resolution, a malformed captions line, or no image file could be read.
+            resolution, a malformed captions line, no image file could be read, or ``out`` holds ``images``.
     """
     from tqdm.auto import tqdm
 
@@ -141,6 +141,11 @@ def build_folder_shards(
     images, out = Path(images), Path(out)
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {str(images)!r} not found")
+    if images.resolve().is_relative_to(out.resolve()):
+        raise ValueError(
+            f"--out {str(out)!r} holds the image folder {str(images)!r}: nothing under --out is read as input "
+            "(the shards go there); write the shards to another folder"
+        )
     files = find_images(images, exclude=out.resolve())
     if not files:
         raise FileNotFoundError(

@@ -355,6 +355,14 @@ def split_shards(
     manifest = read_manifest(data_dir) if manifest is None else manifest
     shards = [(data_dir / s["name"], int(s["count"])) for s in manifest["splits"][split]["shards"]]
     if not shards:
+        others = {s: int(manifest["splits"][s]["count"]) for s in SPLITS if s != split}
+        if any(others.values()):
+            # The data set exists; its split came out empty (too few images for the validation fraction).
+            held = ", ".join(f"{n} {s!r}" for s, n in others.items())
+            raise FileNotFoundError(
+                f"the data set in {str(data_dir)!r} has no {split!r} samples (it holds {held}): rebuild it "
+                "with a larger --val_fraction or with more images"
+            )
         raise _missing_data_error(data_dir, f"No {split!r} shards")
     for path, _ in shards:
         if not path.is_file():

@@ -32,6 +32,7 @@ from infinity_lit.data import (
     split_of,
 )
 from infinity_lit.data.openmoji import EmojiRenderer, list_openmoji
+from infinity_lit.data.shards import split_shards
 
 
 def _tar_members(path: Path) -> dict[str, bytes]:
@@ -528,6 +529,17 @@ def test_folder_builder(tmp_path: Path) -> None:
     assert (alpha[0, 0] == 255).all() and tuple(alpha[16, 16]) == (0, 0, 255)  # transparent → white
     meta = json.loads(_tar_members(out / "train-000000.tar")["sub_photo.json"])
     assert meta["path"] == "sub/photo.jpg" and meta["original_size"] == [64, 64]
+
+    # No validation samples: the data set exists, so the error says to rebuild with a larger fraction and
+    # the builder's summary warns at once.
+    with pytest.raises(FileNotFoundError, match=r"has no 'val' samples \(it holds 4 'train'\): rebuild it"):
+        split_shards(out, "val")
+    from infinity_lit.cli.data import _summary
+
+    assert "warning: no 'val' samples" in _summary(manifest, str(out))
+
+    with pytest.raises(ValueError, match="nothing under --out is read as input"):
+        build_folder_shards(images, images, 32, progress=False)  # --out the image folder itself
 
     again = build_folder_shards(images, out, 32, captions=captions, val_fraction=0.0, progress=False)
     assert again["reused"] is True
