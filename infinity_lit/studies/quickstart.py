@@ -277,12 +277,22 @@ def quickstart(
 #: Quality floors of the quickstart (checked in the summary, shown in the report).
 PSNR_FLOOR_DB = 20.0
 GAP_CLOSED_FLOOR = 0.5
+#: Fewest evaluation images for which the FID gap gets a verdict: below, three FIDs of a handful of images
+#: are mostly noise (a gap above 1 on N = 2 was reported as "meets").
+MIN_JUDGED_IMAGES = 50
 
 
-def gap_closed_text(gap: float, fid_untrained: float, fid_reconstructions: float) -> str:
-    """The "FID gap closed" headline value: the share with its verdict against ``GAP_CLOSED_FLOOR``, or,
-    when there is no gap to close (``gap_closed`` is NaN), why not."""
+def gap_closed_text(
+    gap: float, fid_untrained: float, fid_reconstructions: float, num_images: int | None = None
+) -> str:
+    """The "FID gap closed" headline value: the share with its verdict against ``GAP_CLOSED_FLOOR`` (none on
+    fewer than ``MIN_JUDGED_IMAGES`` images), or, when there is no gap to close (``gap_closed`` is NaN),
+    why not."""
     if math.isfinite(gap):
+        if num_images is not None and num_images < MIN_JUDGED_IMAGES:
+            return (
+                f"{gap:.2f} (not judged: N = {num_images} < {MIN_JUDGED_IMAGES} images, FID is mostly noise)"
+            )
         return f"{gap:.2f} ({'meets' if gap >= GAP_CLOSED_FLOOR else 'BELOW'})"
     if math.isfinite(fid_untrained) and math.isfinite(fid_reconstructions):
         return (
@@ -312,7 +322,7 @@ def headline_rows(summary: dict) -> list[tuple[str, str]]:
         ("FID tokenizer reconstructions (ceiling)", f"{m['fid_reconstructions']:.1f}"),
         (
             f"FID gap closed (floor {GAP_CLOSED_FLOOR})",
-            gap_closed_text(m["fid_gap_closed"], m["fid_untrained"], m["fid_reconstructions"]),
+            gap_closed_text(m["fid_gap_closed"], m["fid_untrained"], m["fid_reconstructions"], n),
         ),
         ("CLIP score", clip if isinstance(clip, str) else f"{clip:.2f}"),
         ("sampling", f"cfg {summary['cfg']}, τ {summary['tau']}, seed {summary['seed']}"),

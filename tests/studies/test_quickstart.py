@@ -34,6 +34,11 @@ def test_gap_closed_is_printed_finite_or_explained():
     assert gap_closed_text(math.nan, math.nan, 60.0) == (
         "n/a (needs a finite untrained FID and reconstruction-ceiling FID)"
     )
+    # On a handful of images no verdict: FIDs of N = 2 are noise (a gap of 1.32 "met" the floor).
+    assert gap_closed_text(1.32, 318.0, 319.5, num_images=2) == (
+        "1.32 (not judged: N = 2 < 50 images, FID is mostly noise)"
+    )
+    assert gap_closed_text(0.6, 300.0, 100.0, num_images=50) == "0.60 (meets)"
     summary = {
         "num_eval_images": 6,
         "cfg": 4.0,
