@@ -13,6 +13,7 @@ Randomness: image i draws all its bits from its own ``torch.Generator`` seeded w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -178,13 +179,16 @@ def sample(
         ``SampleOutput`` with images (N, 3, H, W) float32 in [-1, 1] and per-scale bits.
 
     Raises:
-        ValueError: bad settings, or a tokenizer whose codebook_dim / schedule differ from the model's.
+        ValueError: bad settings (a negative or non-finite cfg among them), or a tokenizer whose codebook_dim /
+            schedule differ from the model's.
     """
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
     K = len(model.scale_schedule)
     cfgs = per_scale(cfg, K, "cfg")
+    if any(not math.isfinite(c) or c < 0 for c in cfgs):
+        raise ValueError(f"cfg must be finite and >= 0 (1 = no guidance, 0 = unconditional), got {cfgs}")
     taus = per_scale(tau, K, "tau")
     if any(t <= 0 for t in taus):
         raise ValueError(f"tau must be > 0, got {taus}")

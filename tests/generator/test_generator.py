@@ -570,6 +570,9 @@ def test_sample_rejects_bad_settings(sampler_model, tiny_tokenizer, text_encoder
         sample(sampler_model, tiny_tokenizer, text_encoder, PROMPTS, top_p=0.0)
     with pytest.raises(ValueError, match="tau"):
         sample(sampler_model, tiny_tokenizer, text_encoder, PROMPTS, tau=0.0)
+    for cfg in (-1.0, [1.0, -0.5, 1.0], float("nan")):
+        with pytest.raises(ValueError, match="cfg must be finite and >= 0"):
+            sample(sampler_model, tiny_tokenizer, text_encoder, PROMPTS, cfg=cfg)
     with pytest.raises(ValueError, match="one seed per prompt"):
         sample(sampler_model, tiny_tokenizer, text_encoder, PROMPTS, seed=[1, 2])
 
