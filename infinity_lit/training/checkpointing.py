@@ -17,8 +17,9 @@ Here the two jobs are separate:
 Stopping. SIGTERM (a cluster's pre-emption, ``kill``) and a first Ctrl+C (SIGINT) stop training at the end
 of the batch in flight and write ``last.ckpt`` at that step before the process exits (``save_on_signal``,
 on by default; a second Ctrl+C interrupts at once, saving nothing more). Lightning's own SIGTERM handling
-ends the loop (``SIGTERMException``); a Ctrl+C is turned into the same stop. ``stopped_by`` says which
-signal stopped the run. Against SIGKILL or a crash, ``train_time_interval`` (``--checkpoint.
+ends the loop (``SIGTERMException``); a Ctrl+C is turned into the same stop (unless the process was started
+ignoring SIGINT, as ``nohup`` and background jobs are; data loader workers, which inherit the handler, leave
+the stop to the training process). ``stopped_by`` says which signal stopped the run. Against SIGKILL or a crash, ``train_time_interval`` (``--checkpoint.
 train_time_interval 0:15:00``) or ``every_n_train_steps`` bound what can be lost to one interval.
 
 Writing. ``AtomicCheckpointIO`` (the trainer's checkpoint IO plugin in every fit of the toolkit) writes a
@@ -137,7 +138,12 @@ class RunCheckpoint(ModelCheckpoint):
         # found then, so the caller's Ctrl+C handler is restored however the fit ends).
         super().on_train_start(trainer, pl_module)
         self.stopped_by = None
-        if self.save_on_signal and threading.current_thread() is threading.main_thread():
+        if (
+            self.save_on_signal
+            and threading.current_thread() is threading.main_thread()
+            # A process started to ignore Ctrl+C (``nohup``, a shell's background job) keeps ignoring it.
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
             self._pid = os.getpid()
             self._previous_sigint = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._on_sigint)

@@ -17,6 +17,7 @@ from infinity_lit.studies import stages
 
 
 def test_a_stage_stopped_by_sigterm_resumes_from_its_last_checkpoint(tmp_path, openmoji_shards):
+    handler = signal.getsignal(signal.SIGINT)
     recipe = tmp_path / "tok.yaml"
     recipe.write_text(yaml.safe_dump(TINY_TOKENIZER))
     kill = {"class_path": "resume_checks.SignalAtStep", "init_args": {"step": 3, "signum": 15}}
@@ -42,4 +43,4 @@ def test_a_stage_stopped_by_sigterm_resumes_from_its_last_checkpoint(tmp_path, o
     assert_same_state(straight, load(resumed))
     steps = logged_steps(out / "tokenizer" / runs.STAGE_RUN, "train/loss_total")
     assert len(steps) == len(set(steps)) == 6
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's Ctrl+C handler is back

@@ -20,6 +20,16 @@ from resume_checks import logged_steps as _logged_steps
 
 from infinity_lit.cli import train
 
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_not_ignored():
+    """Ctrl+C as in a terminal (a CI job started in the background inherits SIGINT ignored, and a process
+    that ignores Ctrl+C keeps ignoring it); the handler of the session is put back after each test."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"use_buffers": False}}
 
 
@@ -213,6 +223,17 @@ def test_ctrl_c_to_the_process_group_with_loader_workers_saves_the_step(
     assert type(stopped.value).__name__ == "SIGTERMException"
     assert _load(tmp_path / "runs" / "group" / "checkpoints" / "last.ckpt")["global_step"] == 5
     assert not [r for r in caplog.records if "Received SIGTERM" in r.getMessage()]
+
+
+def test_a_fit_started_ignoring_ctrl_c_keeps_ignoring_it(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
+    """``nohup`` and background jobs start with SIGINT ignored: the fit does not take Ctrl+C over, so a
+    SIGINT mid-run changes nothing and the run ends at max_steps."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    kill = {"class_path": "resume_checks.SignalAtStep", "init_args": {"step": 2, "signum": 2}}
+    config = _config(tmp_path, "nohup", "generator", openmoji_shards, tiny_tokenizer_ckpt, [kill])
+    last = _fit("generator", config, 4)
+    assert _load(last)["global_step"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_a_cli_fit_stopped_by_sigterm_exits_143(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
