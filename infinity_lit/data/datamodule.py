@@ -43,6 +43,7 @@ from infinity_lit.data.shards import (
     read_manifest,
     rebuild_hint,
     resize_center_crop,
+    skipped_name,
     split_shards,
     strict_hint,
 )
@@ -259,12 +260,7 @@ class ShardDataset(IterableDataset):
                         raise
                     raise ValueError(f"{exc}; {strict_hint(self.data_dir)}") from exc
                 self.skipped[worker_id] += 1
-                if isinstance(exc, DamagedShardError):
-                    skipped.append(f"{Path(exc.shard).name}/{exc.key}")
-                else:
-                    skipped.append(
-                        f"{Path(str(sample.get('__url__', '?'))).name}/{sample.get('__key__', '?')}"
-                    )
+                skipped.append(skipped_name(sample, exc))
                 if not isinstance(exc, DamagedShardError):
                     warnings.warn(f"skipping {exc}", stacklevel=2)
                 elif exc.first:  # one warning for all the samples lost at that damaged place

@@ -54,6 +54,7 @@ __all__ = [
     "reusable_manifest",
     "save_grid",
     "shards_digest",
+    "skipped_name",
     "split_of",
     "split_shards",
     "strict_hint",
@@ -771,6 +772,14 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, Image.Image, str]:
     return key, image, caption
 
 
+def skipped_name(sample: dict[str, Any], exc: ValueError) -> str:
+    """``SHARD/KEY`` of a raw sample that ``decode_sample`` refused with ``exc`` (the shard's file name; for a
+    sample lost in a damaged shard, the key ``DamagedShardError`` gives, or where its key could not be read)."""
+    if isinstance(exc, DamagedShardError):
+        return f"{Path(exc.shard).name}/{exc.key}"
+    return f"{Path(str(sample.get('__url__', '?'))).name}/{sample.get('__key__', '?')}"
+
+
 def iter_samples(
     data_dir: str | Path,
     split: str,
@@ -800,7 +809,7 @@ def iter_samples(
         except DamagedShardError as exc:
             skipped += 1
             if unreadable is not None:
-                unreadable[f"{Path(exc.shard).name}/{exc.key}"] = f"damaged shard: {exc.reason}"
+                unreadable[skipped_name(sample, exc)] = f"damaged shard: {exc.reason}"
             elif exc.first:
                 warnings.warn(str(exc), stacklevel=2)
             continue
@@ -811,8 +820,7 @@ def iter_samples(
             if unreadable is None:
                 warnings.warn(f"skipping {exc}", stacklevel=2)
             else:
-                shard = Path(str(sample.get("__url__", "?"))).name
-                unreadable[f"{shard}/{sample['__key__']}"] = str(exc.__cause__ or exc)
+                unreadable[skipped_name(sample, exc)] = str(exc.__cause__ or exc)
             continue
         read += 1
         yield item
