@@ -54,6 +54,21 @@ def _config_files(*configs: Namespace) -> list[str]:
     return files
 
 
+def _as_list(value: Any) -> list[Any]:
+    """A trainer option that takes one item or a list of them (``callbacks``, ``plugins``) as a list."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def _logger_folder(config: Namespace, args: Namespace) -> Path | None:
+    """The run folder a logger with ``init_args`` ``args`` writes to (``runs.logger_run_dir``; its
+    ``save_dir`` defaulting as Lightning's does), None for an auto-incremented version."""
+    return runs.logger_run_dir(
+        args.get("save_dir") or config.get("trainer.default_root_dir") or os.getcwd(),
+        args.get("name"),
+        args.get("version"),
+    )
+
+
 def _loggers(config: Namespace) -> list[Any]:
     loggers = config.get("trainer.logger")
     return list(loggers) if isinstance(loggers, list) else [loggers]
@@ -77,11 +92,7 @@ def _follow_the_checkpoint(config: Namespace, loggers: list[Any]) -> None:
     args = _logger_args(loggers[0])
     if args is None or "save_dir" not in args:
         return
-    folder = runs.logger_run_dir(
-        args.get("save_dir") or config.get("trainer.default_root_dir") or os.getcwd(),
-        args.get("name"),
-        args.get("version"),
-    )
+    folder = _logger_folder(config, args)
     if folder is not None and folder.resolve() == resumed.resolve():
         return
     args.save_dir, args.name, args.version = str(resumed.parent), resumed.name, runs.RUN_VERSION
@@ -136,11 +147,7 @@ def configure_run(config: Namespace, subcommand: str | None, top: Namespace | No
     if dirpath is not None:
         checkpoints, hint = Path(dirpath), "--checkpoint.dirpath"
     elif (args := _logger_args(first)) is not None:
-        folder = runs.logger_run_dir(
-            args.get("save_dir") or config.get("trainer.default_root_dir") or os.getcwd(),
-            args.get("name"),
-            args.get("version"),
-        )
+        folder = _logger_folder(config, args)
         if folder is None:
             return None  # an auto-incremented version_<n>: a fresh folder
         checkpoints = runs.checkpoint_dir(folder)
@@ -264,10 +271,8 @@ class RunCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # The default progress bar is StepProgressBar, unless the config names a progress bar or disables it.
         trainer = self._get(self.config_init, "trainer", default={})
-        given = trainer.get("callbacks")
-        given = [] if given is None else list(given) if isinstance(given, list) else [given]
-        defaults = self.trainer_defaults.get("callbacks") or []
-        defaults = list(defaults) if isinstance(defaults, list) else [defaults]
+        given = _as_list(trainer.get("callbacks"))
+        defaults = _as_list(self.trainer_defaults.get("callbacks"))
         bar = step_progress_bar()
         if (
             "callbacks" not in kwargs
@@ -278,8 +283,7 @@ class RunCLI(LightningCLI):
             kwargs["callbacks"] = [*given, bar]
         # Checkpoints are written atomically on their own file system (AtomicCheckpointIO), unless the config
         # names a checkpoint IO plugin of its own.
-        plugins = trainer.get("plugins")
-        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        plugins = _as_list(trainer.get("plugins"))
         if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
