@@ -40,18 +40,20 @@ class NonFiniteError(ValueError):
 
 
 def nonfinite_terms(terms: Mapping[str, Any]) -> dict[str, float]:
-    """The entries of ``terms`` (tensors or numbers) that are not finite, as floats (NaN/±inf)."""
+    """The entries of ``terms`` (tensors or numbers) that are not finite, as floats (NaN/±inf): the first
+    non-finite element of a tensor. One device sync for all the tensors (more only when one is not finite)."""
     out: dict[str, float] = {}
+    tensors = {name: value.detach() for name, value in terms.items() if isinstance(value, Tensor)}
+    if tensors:
+        device = next(iter(tensors.values())).device
+        finite = torch.stack([torch.isfinite(v).all().to(device) for v in tensors.values()]).tolist()
+        for (name, value), ok in zip(tensors.items(), finite, strict=True):
+            if not ok:
+                out[name] = float(value[~torch.isfinite(value)].flatten()[0])
     for name, value in terms.items():
-        if isinstance(value, Tensor):
-            value = value.detach()
-            if value.numel() == 0 or torch.isfinite(value).all():
-                continue
-            bad = value[~torch.isfinite(value)]
-            out[name] = float(bad.flatten()[0])
-        elif isinstance(value, (int, float)) and not math.isfinite(value):
+        if isinstance(value, (int, float)) and not math.isfinite(value):
             out[name] = float(value)
-    return out
+    return {name: out[name] for name in terms if name in out}  # in the order of ``terms``
 
 
 def _nonfinite_gradients(named: list[tuple[str, Tensor]]) -> list[str]:
