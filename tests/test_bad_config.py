@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli import _fails
 
-from infinity_lit.cli import main
 from infinity_lit.cli.common import DEBUG_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,15 +50,10 @@ def _no_debug_and_lightning_logs_to_capsys(monkeypatch, capsys):
 
 def _fails_before_training(argv: list[str], runs: Path, capsys) -> str:
     """Run ``infinity-lit ARGV``, expecting a one-line user error and no run folder: that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert "Traceback" not in err
-    # Lightning's INFO lines and library progress bars may come first; then one error line, and a
-    # "see … --help" hint after a parse error
-    lines = [line for line in err.strip().splitlines() if line.strip()]
+    # exit status 2 and no traceback (test_cli._fails); Lightning's INFO lines and library progress bars may
+    # come first, then one error line, and a "see … --help" hint after a parse error
+    lines = [line for line in _fails(argv, capsys) if line.strip()]
+    err = "\n".join(lines)
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1, err
     assert lines[-1] == errors[0] or (
