@@ -123,3 +123,51 @@ def tiny_generator_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer
     }
     path = tmp_path_factory.mktemp("tiny_generator") / "generator.ckpt"
     return write_checkpoint(path, hparams, model.state_dict(), prefix=GENERATOR.prefix)
+
+
+# ---------------------------------------------------------------- a clean exit
+
+#: Seconds the interpreter may take to exit once the summary is printed before the watchdog ends it.
+EXIT_GRACE_S = 60
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the summary: end the child processes a test left alive, name the non-daemon threads still
+    running, and arm a watchdog. Should the interpreter still be running ``EXIT_GRACE_S`` seconds later (a
+    thread or an exit handler that never returns), it prints every thread's stack and exits with the tests'
+    own status, so a hang at exit is reported with its cause instead of stalling the run."""
+    import faulthandler
+    import multiprocessing
+    import os
+    import sys
+    import threading
+
+    for child in multiprocessing.active_children():
+        print(
+            f"conftest: ending child process {child.name} (pid {child.pid}) left by a test", file=sys.stderr
+        )
+        child.kill()
+        child.join(5)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive():
+            print(f"conftest: non-daemon thread still running at exit: {thread!r}", file=sys.stderr)
+    status = config.stash.get(_EXIT_STATUS, 1)
+
+    def _exit_now() -> None:
+        print(
+            f"\nconftest: the interpreter did not exit within {EXIT_GRACE_S} s; stacks:", file=sys.__stderr__
+        )
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+        sys.__stderr__.flush()
+        os._exit(status)
+
+    watchdog = threading.Timer(EXIT_GRACE_S, _exit_now)
+    watchdog.daemon = True
+    watchdog.start()
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
