@@ -47,7 +47,11 @@ def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
 
 
 def log_hparams_with_metrics(
-    logger: Any, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None
+    logger: Any,
+    hparams: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    step: int | None = None,
+    log_scalars: bool = True,
 ) -> dict[str, float]:
     """Log a run's hyper-parameters together with its final metrics (TensorBoard's HParams tab).
 
@@ -67,6 +71,8 @@ def log_hparams_with_metrics(
         metrics: nested mapping of final metrics (e.g. ``{"eval": {"fid": 12.3}}`` → ``eval/fid``);
             non-numeric entries (a "not computed" CLIP score) are skipped.
         step: global step of the metric scalars (default: the logger's convention, 0).
+        log_scalars: write the metrics as scalars; False when the run has logged them already (TensorBoard
+            reads each column's last value of that tag in the run), so no value appears twice on the axis.
 
     Returns:
         the numeric metrics that were logged.
@@ -89,7 +95,8 @@ def log_hparams_with_metrics(
             stacklevel=2,
         )
     flat = _flatten(hparams)
-    logger.log_metrics(values, step=step)
+    if log_scalars:
+        logger.log_metrics(values, step=step)
     _, session_start, session_end = hparams_summary(flat, values)
     # SummaryWriter exposes no public call for a bare session; Lightning's own log_hyperparams uses this one.
     writer = logger.experiment._get_file_writer()
@@ -105,6 +112,9 @@ def log_hparams_with_metrics(
 class HParamsWithFinalMetrics(Callback):
     """At the end of ``fit`` and ``test``, log the module's hyper-parameters with the final ``val/*`` /
     ``test/*`` metrics as one TensorBoard HParams session (``log_hparams_with_metrics``).
+
+    The metrics are not written again as scalars: Lightning logged them when validation or test ended, at
+    the step of that evaluation, and the HParams table reads the last value of each tag.
     """
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
@@ -116,9 +126,7 @@ class HParamsWithFinalMetrics(Callback):
             if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
         }
         if metrics:
-            log_hparams_with_metrics(
-                trainer.logger, dict(pl_module.hparams), metrics, step=trainer.global_step
-            )
+            log_hparams_with_metrics(trainer.logger, dict(pl_module.hparams), metrics, log_scalars=False)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, pl_module, "val/")

@@ -19,6 +19,7 @@ from resume_checks import load as _load
 from resume_checks import logged_steps as _logged_steps
 
 from infinity_lit.cli import train
+from infinity_lit.evaluation.tensorboard import read_scalars
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +115,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, openmoji_shards, tiny_toke
     # The resumed run's TensorBoard steps go on from where it stopped: no step logged twice.
     steps = _logged_steps(tmp_path / "runs" / "resumed", "train/loss" if model == "generator" else "train/l1")
     assert len(steps) == len(set(steps)) == total
+    # Each validation is logged once, at the 0-based step of its last training batch, as Lightning logs it
+    # (the final metrics of the HParams session are not written a second time at step `total`).
+    validations = [k - 1 for k in range(3, total + 1, 3)]
+    for run in ("straight", "resumed"):
+        scalars = read_scalars(tmp_path / "runs" / run)
+        val_tags = [tag for tag in scalars if tag.startswith("val/")]
+        assert val_tags
+        for tag in val_tags:
+            assert [step for step, _ in scalars[tag]] == validations, (run, tag)
 
 
 def test_the_streams_follow_the_run_seed(tmp_path, openmoji_shards, tiny_tokenizer_ckpt):
