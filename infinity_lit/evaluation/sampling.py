@@ -95,10 +95,15 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+#: Settings that say where a file was read, not what it held: its content hash is compared instead, so a
+#: folder sampled from a checkpoint that was moved (or named by another path) resumes.
+_LOCATIONS = ("checkpoint", "tokenizer_checkpoint")
+
+
 def _settings_conflict(existing: list[dict], settings: Mapping[str, Any]) -> str | None:
     for rec in existing:
         for key, value in settings.items():
-            if key in rec and rec[key] != value:
+            if key in rec and key not in _LOCATIONS and rec[key] != value:
                 return f"{key}: folder has {rec[key]!r}, requested {value!r}"
     return None
 
@@ -338,11 +343,12 @@ def sample_checkpoint(
         ).images
 
     settings = {
-        "checkpoint": str(checkpoint),
-        # What the weights are, not only where they were: a file replaced by another model is refused.
+        # The files that were read (absolute), not the paths as given or as the generator recorded them, and
+        # what the weights are: a file replaced by another model is refused.
+        "checkpoint": gen.identity["path"],
         "checkpoint_step": gen.identity["step"],
         "generator_weights_sha256": gen.identity["weights_sha256"],
-        "tokenizer_checkpoint": str(tokenizer_checkpoint or gen.hparams.get("tokenizer_checkpoint")),
+        "tokenizer_checkpoint": gen.tokenizer_identity["path"],
         "tokenizer_weights_sha256": gen.tokenizer_identity["weights_sha256"],
         "use_ema": use_ema,
         "cfg": cfg,

@@ -162,18 +162,27 @@ def test_read_prompts_txt_format(tmp_path):
         read_prompts(tmp_path / "latin1.txt")
 
 
-def test_eval_sample_with_tiny_generator(tmp_path, tiny_generator_ckpt):
+def test_eval_sample_with_tiny_generator(tmp_path, tiny_generator_ckpt, tiny_tokenizer_ckpt, monkeypatch):
+    import shutil
+
     (tmp_path / "prompts.txt").write_text("a red apple\na smiling face\na cat\n", encoding="utf-8")
 
     out = tmp_path / "samples"
-    args = ["sample", "--checkpoint", str(tiny_generator_ckpt), "--prompts", str(tmp_path / "prompts.txt")]
+    monkeypatch.chdir(tiny_generator_ckpt.parent)  # the checkpoint named by a relative path
+    args = ["sample", "--checkpoint", tiny_generator_ckpt.name, "--prompts", str(tmp_path / "prompts.txt")]
     args += ["--out", str(out), "--cfg", "2.0", "--seed", "5", "--batch_size", "2"]
     assert main(args) == {"written": 3, "skipped": 0, "total": 3}
     images = [read_image(p) for p in list_images(out)]
     assert len(images) == 3 and all(im.shape == (3, 32, 32) for im in images)
     records = read_metadata(out)
     assert [r["image_seed"] for r in records] == [5, 6, 7] and all(r["cfg"] == 2.0 for r in records)
+    # The files that were read, as absolute paths: not as typed, nor as the generator recorded them.
+    assert {r["checkpoint"] for r in records} == {str(tiny_generator_ckpt.resolve())}
+    assert {r["tokenizer_checkpoint"] for r in records} == {str(tiny_tokenizer_ckpt.resolve())}
+    # The same weights from another place resume the folder: the content hashes agree, the paths need not.
+    moved = shutil.copy(tiny_generator_ckpt, tmp_path / "moved.ckpt")
     (out / "000001.png").unlink()
+    args[2] = str(moved)
     assert main(args)["written"] == 1
     assert torch.equal(read_image(out / "000001.png"), images[1])  # same seed, same pixels
 
