@@ -60,6 +60,7 @@ def _fails_before_training(argv: list[str], runs: Path, capsys) -> str:
         lines[-2] == errors[0] and lines[-1].startswith("see `infinity-lit ")
     ), err
     assert not list(runs.rglob("*.ckpt")), "a checkpoint was written"
+    assert not (runs / "bad").exists(), f"the run folder was left: {sorted(runs.rglob('*'))}"
     return errors[0]
 
 

@@ -39,15 +39,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -264,3 +266,34 @@ class RunCheckpoint(ModelCheckpoint):
             and self._last_written_step != trainer.global_step
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class DiscardUnstartedRun(Callback):
+    """Removes a run folder that this fit created when the fit fails before its first optimiser step.
+
+    A configuration the module or data module refuses in ``setup`` (a scale schedule that does not fit the
+    data, a setting that conflicts with the tokenizer checkpoint, an unreadable data folder) is found only
+    after Lightning has made the run folder and written ``config.yaml`` and a TensorBoard event file into
+    it; left there, that folder shows in TensorBoard as a run and its ``config.yaml`` as the config of a run
+    that never trained. ``RunCLI`` adds this callback only to a ``fit`` whose run folder did not exist when
+    the command started, so nothing that was there before is touched; a folder that holds a checkpoint, or
+    a fit that stopped after training began, is kept. Ctrl+C and SIGTERM keep the folder too.
+
+    Args:
+        folder: the run folder (``runs.logger_run_dir``) of the fit.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if (
+            not isinstance(exception, Exception)
+            or isinstance(exception, SIGTERMException)
+            or trainer.global_step > 0
+            or not trainer.is_global_zero
+            or not self.folder.is_dir()
+            or any(self.folder.rglob("*.ckpt"))
+        ):
+            return
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -40,7 +40,7 @@ from infinity_lit import runs
 from infinity_lit.checkpoints import CheckpointError, load_file
 
 from .callbacks import HParamsWithFinalMetrics, SkippedSamplesText
-from .checkpointing import AtomicCheckpointIO, RunCheckpoint
+from .checkpointing import AtomicCheckpointIO, DiscardUnstartedRun, RunCheckpoint
 from .finite import NonFiniteGuard
 from .progress import step_progress_bar
 
@@ -228,6 +228,8 @@ class RunCLI(LightningCLI):
 
     #: Subcommands offered (None: all of LightningCLI's).
     allowed_subcommands: tuple[str, ...] | None = None
+    #: The run folder of a ``fit`` that did not exist when the command started (``DiscardUnstartedRun``).
+    _new_run_folder: Path | None = None
 
     @classmethod
     def subcommands(cls) -> dict[str, set[str]]:
@@ -281,6 +283,10 @@ class RunCLI(LightningCLI):
             and not any(isinstance(c, ProgressBar) for c in given + defaults)
         ):
             kwargs["callbacks"] = [*given, bar]
+        # A fit into a new run folder that fails before training (a configuration refused in setup) leaves
+        # no folder behind.
+        if self._new_run_folder is not None:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", given), DiscardUnstartedRun(self._new_run_folder)]
         # Checkpoints are written atomically on their own file system (AtomicCheckpointIO), unless the config
         # names a checkpoint IO plugin of its own.
         plugins = _as_list(trainer.get("plugins"))
@@ -295,6 +301,11 @@ class RunCLI(LightningCLI):
             configure_run(config, subcommand, top=self.config if subcommand else None)
         except (runs.RunExistsError, ValueError) as err:
             _user_error(str(err))
+        self._new_run_folder = None
+        if subcommand == "fit" and (args := _logger_args(_loggers(config)[0])) is not None:
+            folder = _logger_folder(config, args)
+            if folder is not None and not folder.exists():
+                self._new_run_folder = folder
 
 
 def run_cli(
