@@ -198,6 +198,8 @@ def score_generated(
     n_gen, n_ref = gen_content["images"], ref_content["images"]
     warnings_ = check_set_sizes(n_gen, n_ref)
     warnings_ += [w for w in (gen.unreadable_warning(), ref.unreadable_warning()) if w]
+    if size_warning := _size_mismatch(gen_content["sizes"], ref_content["sizes"]):
+        warnings_.append(size_warning)
 
     weights_path = inception_weights_path(inception_weights)
     group = ranks()
@@ -262,6 +264,17 @@ def score_generated(
         "warnings": warnings_,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _size_mismatch(generated: list[str], reference: list[str]) -> str | None:
+    """A warning when the two sets' image sizes ("HxW" lists, as ``ImageSet.content`` gives) differ."""
+    if set(generated) == set(reference):
+        return None
+    return (
+        f"the generated images are {', '.join(generated)} and the reference images {', '.join(reference)}: "
+        "both are resized to 299x299 for Inception, so FID and KID also measure the difference in resolution; "
+        "score against a reference at the generated size (e.g. shards built with the same --resolution)"
+    )
 
 
 def _json_safe(value):

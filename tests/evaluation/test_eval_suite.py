@@ -64,6 +64,28 @@ def make_sample_folder(
     return out
 
 
+def test_eval_score_warns_when_the_image_sizes_differ(tmp_path, openmoji_shards, inception_weights, capsys):
+    from PIL import Image
+
+    gen = make_sample_folder(openmoji_shards, tmp_path / "samples", n=4)
+    for png in gen.glob("*.png"):  # generated at 30x30, reference shards 32x32
+        Image.open(png).resize((30, 30)).save(png)
+    args = ["score", "--generated", str(gen), "--reference", str(openmoji_shards), "--max_reference", "4"]
+    args += [
+        "--inception_weights",
+        str(inception_weights),
+        "--kid_subsets",
+        "2",
+        "--out",
+        str(tmp_path / "m.json"),
+    ]
+    main(args)
+    rec = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    (warning,) = [w for w in rec["warnings"] if "resized to 299x299" in w]
+    assert "30x30" in warning and "32x32" in warning
+    assert "warning: the generated images are 30x30 and the reference images 32x32" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 
 
@@ -210,6 +232,7 @@ def test_eval_score_on_openmoji(tmp_path, openmoji_shards, inception_weights, ti
     )
     assert rec["weights"]["inception"] == str(inception_weights) and rec["weights"]["clip"] is None
     assert any("fewer than the feature dimension" in w for w in rec["warnings"])
+    assert not any("resized to 299x299" in w for w in rec["warnings"])  # both sets 32x32
     assert rec["settings"]["kid_subset_size"] == 6
     assert rec["reference"] == {
         "kind": "shards",
