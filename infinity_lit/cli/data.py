@@ -26,7 +26,7 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
             f"warning: no {' or '.join(repr(s) for s in empty)} samples: training and evaluation need both; "
             "rebuild with a larger --val_fraction or with more images"
         )
-    for field in ("uncaptioned", "upscaled", "captions_without_image"):
+    for field in ("selected", "uncaptioned", "upscaled", "captions_without_image"):
         if manifest.get(field):
             lines.append(f"{field.replace('_', ' ')}: {manifest[field]}")
     if manifest.get("reused"):

@@ -219,8 +219,9 @@ def build_openmoji_shards(
 
     Returns:
         The manifest dict: ``counts`` per split, ``skipped`` (count and reasons: "no_unicode_name" for
-        OpenMoji's own extras, and render problems, see ``EmojiRenderer.problem``), ``build_seconds``, ...,
-        plus ``reused``: whether an existing build was returned unchanged.
+        OpenMoji's own extras, and render problems, see ``EmojiRenderer.problem``; with ``limit``, only the
+        render problems of the selected emoji), ``selected`` (with ``limit``: "N of the M named emoji"),
+        ``build_seconds``, ..., plus ``reused``: whether an existing build was returned unchanged.
 
     Raises:
         ValueError: bad resolution, fraction, shard size or limit.
@@ -250,9 +251,14 @@ def build_openmoji_shards(
     start = time.perf_counter()
     emoji = list(list_openmoji())
     named = [e for e in emoji if e.caption]
-    skipped: Counter[str] = Counter({"no_unicode_name": len(emoji) - len(named)})
+    skipped: Counter[str] = Counter()
+    selected = None
     if limit is not None:
+        # The emoji left out by --limit are not skipped: they were not asked for.
+        selected = f"{min(limit, len(named))} of the {len(named)} named emoji (--limit {limit})"
         named = evenly_spaced(named, limit)
+    else:
+        skipped["no_unicode_name"] = len(emoji) - len(named)
     renderer = EmojiRenderer(resolution, fill=fill)
     preview_ids = {e.hexcode for e in evenly_spaced(named, 64)}
     preview: list[Image.Image] = []
@@ -306,6 +312,7 @@ def build_openmoji_shards(
         attribution="ATTRIBUTION.md",
         preview="preview.png" if preview else None,
         emoji_total=len(emoji),
+        selected=selected,
         colourless_renders=colourless,
         build_seconds=round(time.perf_counter() - start, 2),
     )
