@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 import shlex
 import time
 import warnings
@@ -77,8 +78,10 @@ def read_captions_jsonl(path: Path, images: Path) -> dict[Path, str]:
 
 
 def _key(rel: Path, taken: set[str]) -> str:
-    # webdataset keys end at the first "." of a member name, so the key keeps only safe characters.
-    key = re.sub(r"[^0-9A-Za-z_-]+", "_", rel.with_suffix("").as_posix()).strip("_") or "image"
+    # webdataset keys end at the first "." of a member name, so the key keeps only letters and digits (of
+    # any script, NFC-normalised: "café" from macOS and from Linux is one key), "_" and "-".
+    stem = unicodedata.normalize("NFC", rel.with_suffix("").as_posix())
+    key = re.sub(r"[^\w-]+", "_", stem).strip("_") or "image"
     if key in taken:
         key = f"{key}-{hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]}"
     taken.add(key)

@@ -499,6 +499,7 @@ def test_folder_builder(tmp_path: Path) -> None:
     transparent.save(images / "alpha.png")
     (images / "alpha.txt").write_text("sidecar loses to jsonl")
     Image.new("RGB", (50, 50), (200, 100, 0)).save(images / "plain.png")
+    Image.new("RGB", (40, 40), (0, 120, 0)).save(images / "grüner Tee.png")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     captions = tmp_path / "captions.jsonl"
     captions.write_text(
@@ -513,12 +514,13 @@ def test_folder_builder(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="broken.png"):
         manifest = build_folder_shards(images, out, 32, captions=captions, val_fraction=0.0, progress=False)
 
-    assert manifest["counts"] == {"train": 4, "val": 0}
+    assert manifest["counts"] == {"train": 5, "val": 0}
     assert manifest["skipped"] == {"count": 1, "reasons": {"unreadable_image": 1}}
-    assert manifest["uncaptioned"] == 1 and manifest["captions_without_image"] == 1
+    assert manifest["uncaptioned"] == 2 and manifest["captions_without_image"] == 1
     samples = {key: (image, caption) for key, image, caption in iter_samples(out, "train")}
     assert {k: c for k, (_, c) in samples.items()} == {
         "alpha": "a blue square",
+        "grüner_Tee": "",  # a non-ASCII name keeps its letters through the tar members and the reader
         "plain": "",
         "sub_photo": "a photo from a sidecar",
         "wide": "three stripes",
@@ -533,7 +535,7 @@ def test_folder_builder(tmp_path: Path) -> None:
 
     # No validation samples: the data set exists, so the error says to rebuild with a larger fraction and
     # the builder's summary warns at once.
-    with pytest.raises(FileNotFoundError, match=r"has no 'val' samples \(it holds 4 'train'\): rebuild it"):
+    with pytest.raises(FileNotFoundError, match=r"has no 'val' samples \(it holds 5 'train'\): rebuild it"):
         split_shards(out, "val")
     from infinity_lit.cli.data import _summary
 
@@ -546,7 +548,7 @@ def test_folder_builder(tmp_path: Path) -> None:
     assert again["reused"] is True
     (images / "plain.txt").write_text("now captioned")
     changed = build_folder_shards(images, out, 32, captions=captions, val_fraction=0.0, progress=False)
-    assert changed["reused"] is False and changed["uncaptioned"] == 0
+    assert changed["reused"] is False and changed["uncaptioned"] == 1
 
 
 def test_folder_builder_converts_bit_depths_and_modes(tmp_path: Path) -> None:
@@ -605,6 +607,10 @@ def test_folder_keys_are_safe_and_unique() -> None:
     assert _key(Path("a b.png"), taken) == "a_b"
     clash = _key(Path("a_b.png"), taken)
     assert clash.startswith("a_b-") and len(clash) == len("a_b-") + 8 and "." not in clash
+    # Names in other scripts keep their letters (not "image", "caf" or "_"), one key per NFC form.
+    assert _key(Path("日本の猫.jpg"), taken) == "日本の猫"
+    assert _key(Path("naïve cat.png"), taken) == "naïve_cat"
+    assert _key(Path("cafe\u0301.png"), taken) == "café"  # decomposed (macOS) → composed
 
 
 # ---------------------------------------------------------------- CLI
