@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 import shlex
 import time
+import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
