@@ -28,6 +28,18 @@ class SignalAtStep(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SignalInValidation(pl.Callback):
+    """Sends ``signum`` to this process after the first batch of the validation that follows optimiser
+    step ``step`` (not the sanity check)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0:
+            os.kill(os.getpid(), self.signum)
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 

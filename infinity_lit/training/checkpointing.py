@@ -19,7 +19,10 @@ of the batch in flight and write ``last.ckpt`` at that step before the process e
 on by default; a second Ctrl+C interrupts at once, saving nothing more). Lightning's own SIGTERM handling
 ends the loop (``SIGTERMException``); a Ctrl+C is turned into the same stop (unless the process was started
 ignoring SIGINT, as ``nohup`` and background jobs are; data loader workers, which inherit the handler, leave
-the stop to the training process). ``stopped_by`` says which signal stopped the run. Against SIGKILL or a crash, ``train_time_interval`` (``--checkpoint.
+the stop to the training process). ``stopped_by`` says which signal stopped the run. A signal during a
+validation stops after its batch in flight; the checkpoint then records that validation as begun but not
+done, so the resumed fit runs it again in full before it trains on (Lightning's own resume would skip it,
+and that step's validation would be logged nowhere). Against SIGKILL or a crash, ``train_time_interval`` (``--checkpoint.
 train_time_interval 0:15:00``) or ``every_n_train_steps`` bound what can be lost to one interval.
 
 Writing. ``AtomicCheckpointIO`` (the trainer's checkpoint IO plugin in every fit of the toolkit) writes a
@@ -49,7 +52,8 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -58,6 +62,22 @@ from infinity_lit.checkpoints import atomic_save
 
 #: File name (without ``.ckpt``) of the best checkpoint when one is kept.
 BEST = "best"
+
+
+def _restart_validation(checkpoint: dict[str, Any]) -> None:
+    """Mark the validation in flight in ``checkpoint`` as restarting at its first batch.
+
+    Lightning resumes a validation only from a checkpoint written in the middle of one of its batches
+    (``_EvaluationLoop.restarted_mid_evaluation``: one batch started, not processed); one written between
+    two batches, as a signal's is, reads as a finished validation. The counters are set to "the first batch
+    started, none processed": the resumed fit runs the whole validation from its first batch.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    done = progress["current"]["completed"]  # batches of the interrupted validation
+    total = {k: v - done for k, v in progress["total"].items()}
+    progress["total"] = {**total, "ready": total["completed"] + 1, "started": total["completed"] + 1}
+    progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    progress["is_last_batch"] = False
 
 
 def _on_last_batch(trainer: Trainer) -> bool:
@@ -133,6 +153,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_written_step: int | None = None
         self._due_at_epoch_end = False
         self._in_epoch_end = False
+        self._redo_validation = False
 
     # ------------------------------------------------------------------ stopping on a signal
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -186,18 +207,37 @@ class RunCheckpoint(ModelCheckpoint):
         _STOPPED_BY = self.stopped_by
         if not self.save_on_signal or trainer.fast_dev_run or trainer.global_step == 0:
             return None
-        if self._last_written_step != trainer.global_step:
+        # Stopped inside the validation of a fit: saved (again, if this step was saved before the validation
+        # began) with the validation to be run again on resume.
+        in_validation = trainer.validating and trainer.state.fn == TrainerFn.FITTING
+        if in_validation:
+            # A validation runs with the averaged weights swapped into the module (WeightAveraging, e.g.
+            # EMA): the trained ones go back first, as at the validation's end, or they would be saved as
+            # the averaged ones and the other way round.
+            for callback in trainer.callbacks:
+                if isinstance(callback, WeightAveraging):
+                    callback.on_validation_epoch_end(trainer, pl_module)
+        if self._last_written_step != trainer.global_step or in_validation:
             # The batch in flight has finished (Lightning stops between batches): its state is whole.
             self._in_epoch_end = True  # no deferral to an epoch end that will not come
+            self._redo_validation = in_validation
+            self._last_written_step = None
             try:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             finally:
                 self._in_epoch_end = False
+                self._redo_validation = False
         rank_zero_info(
             f"{self.stopped_by.name} at step {trainer.global_step}: saved {self.last_model_path}; "
             "resume with --ckpt_path pointing at it (or its run folder)"
         )
         return None
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._redo_validation:
+            _restart_validation(checkpoint)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         try:

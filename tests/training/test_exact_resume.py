@@ -219,6 +219,35 @@ def test_a_signal_saves_the_step_and_the_resume_is_exact(
     assert len(steps) == len(set(steps)) == total
 
 
+def test_a_signal_during_validation_runs_that_validation_again_on_resume(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt
+):
+    """SIGTERM after the first of two validation batches at step 3: last.ckpt holds step 3, and the resumed
+    fit runs step 3's validation again in full, so every validation of the uninterrupted run is logged once,
+    with its values, and the training state ends the same."""
+
+    def config(name: str, callbacks: list | None = None) -> Path:
+        path = _config(tmp_path, name, "generator", openmoji_shards, tiny_tokenizer_ckpt, callbacks)
+        data = yaml.safe_load(path.read_text())
+        data["trainer"]["limit_val_batches"] = 2
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    total = 9
+    straight = _load(_fit("generator", config("straight"), total))
+    kill = {"class_path": "resume_checks.SignalInValidation", "init_args": {"step": 3, "signum": 15}}
+    with pytest.raises(SystemExit):
+        _fit("generator", config("stopped", [kill]), total)
+    last = tmp_path / "runs" / "stopped" / "checkpoints" / "last.ckpt"
+    assert _load(last)["global_step"] == 3
+    resumed = _load(_fit("generator", config("stopped"), total, ckpt_path=last))
+    _assert_same_state(straight, resumed)  # the EMA and the raw weights were not saved swapped
+    expected = read_scalars(tmp_path / "runs" / "straight")["val/loss"]
+    logged = read_scalars(tmp_path / "runs" / "stopped")["val/loss"]
+    assert [step for step, _ in logged] == [step for step, _ in expected] == [2, 5, 8]
+    assert [value for _, value in logged] == pytest.approx([value for _, value in expected], rel=1e-5)
+
+
 def test_ctrl_c_to_the_process_group_with_loader_workers_saves_the_step(
     tmp_path, openmoji_shards, tiny_tokenizer_ckpt, caplog
 ):
