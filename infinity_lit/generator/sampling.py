@@ -157,6 +157,7 @@ def sample(
     seed: int | Sequence[int] = 0,
     use_cache: bool = True,
     batch_size: int | None = None,
+    schedule: Sequence[Sequence[int]] | None = None,
 ) -> SampleOutput:
     """Generate one image per prompt.
 
@@ -174,18 +175,23 @@ def sample(
         use_cache: KV-cached scale-by-scale pass (default); False recomputes the whole prefix of scales at
             every scale with the teacher-forced pass (reference path for tests and benchmarks).
         batch_size: prompts per forward pass (default: all N); results do not depend on it.
+        schedule: the scale schedule to sample on (default: the model's); another one with as many scales
+            (an aspect-ratio template, ``quantizer.template_schedule``) gives images of its final grid
+            times the tokenizer's stride, e.g. (16, 32) → 256×512 at stride 16.
 
     Returns:
         ``SampleOutput`` with images (N, 3, H, W) float32 in [-1, 1] and per-scale bits.
 
     Raises:
-        ValueError: bad settings (a negative or non-finite cfg among them), or a tokenizer whose codebook_dim /
-            schedule differ from the model's.
+        ValueError: bad settings (a negative or non-finite cfg among them), a tokenizer whose codebook_dim /
+            schedule differ from the model's, or a schedule that does not fit the model
+            (``BitwiseTransformer.tables``).
     """
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
-    K = len(model.scale_schedule)
+    tables = model.tables(schedule)
+    K = len(tables.schedule)
     cfgs = per_scale(cfg, K, "cfg")
     if any(not math.isfinite(c) or c < 0 for c in cfgs):
         raise ValueError(f"cfg must be finite and >= 0 (1 = no guidance, 0 = unconditional), got {cfgs}")
@@ -218,6 +224,7 @@ def sample(
             top_p,
             seeds[i : i + step],
             use_cache,
+            tables.schedule,
         )
         images.append(out[0])
         bits.append(out[1])
@@ -234,10 +241,11 @@ def _sample_batch(
     top_p: float,
     seeds: list[int],
     use_cache: bool,
+    schedule: list[tuple[int, int]],
 ) -> tuple[Tensor, list[Tensor]]:
     device = next(model.parameters()).device
     N = len(prompts)
-    schedule = model.scale_schedule
+    bounds = model.tables(schedule).bounds
     d = model.codebook_dim
     text = text_encoder(prompts).to(device)
     guided = any(c != 1.0 for c in cfgs)
@@ -245,7 +253,7 @@ def _sample_batch(
         text = TextFeatures.cat([text, model.null_text(N)])  # rows N..2N−1: unconditional
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     acc = ScaleAccumulator(tokenizer.quantizer, schedule, N, device)
-    state = model.start(text) if use_cache else None
+    state = model.start(text, schedule) if use_cache else None
     inputs: list[Tensor] = []
     all_bits = []
     for k in range(len(schedule)):
@@ -258,8 +266,8 @@ def _sample_batch(
             if x is not None:
                 inputs.append(x)
             prefix = torch.cat(inputs, 1) if inputs else acc.f_hat.new_zeros(text.batch_size, 0, d)
-            a, b = model.scale_bounds[k]
-            logits = model(prefix, text, num_scales=k + 1)[:, a:b]
+            a, b = bounds[k]
+            logits = model(prefix, text, num_scales=k + 1, schedule=schedule)[:, a:b]
         logits = logits.float()
         if guided:
             cond, uncond = logits.chunk(2)

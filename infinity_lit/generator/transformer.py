@@ -369,6 +369,20 @@ class TextContext:
     mask: Tensor
 
 
+@dataclass(frozen=True)
+class ScheduleTables:
+    """What a pass over one scale schedule needs: the schedule, each scale's [start, end) token range, the
+    2-D RoPE tables (L, head_dim/2) float32, the (L, L) bool block-causal mask and the (L,) int64 scale
+    index of every position, on the model's device (``BitwiseTransformer.tables``)."""
+
+    schedule: ScaleSchedule
+    bounds: list[tuple[int, int]]
+    cos: Tensor
+    sin: Tensor
+    mask: Tensor
+    scale_index: Tensor
+
+
 @dataclass
 class InferenceState:
     """KV cache and text context of an incremental (scale-by-scale) pass; see ``BitwiseTransformer.start``."""
@@ -377,6 +391,8 @@ class InferenceState:
     caches: list[dict[str, Tensor]]
     text_kv: list[tuple[Tensor, Tensor] | None]
     next_scale: int = 0
+    #: The schedule of the pass (None: the model's own).
+    tables: ScheduleTables | None = None
 
 
 class BitwiseTransformer(nn.Module):
@@ -426,6 +442,8 @@ class BitwiseTransformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("attn_mask", block_causal_mask(schedule), persistent=False)
         self.register_buffer("scale_index", scale_ids(schedule), persistent=False)
+        #: Tables of the other schedules passes have used, by (schedule, device).
+        self._tables: dict[tuple[tuple[tuple[int, int], ...], torch.device], ScheduleTables] = {}
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -438,6 +456,46 @@ class BitwiseTransformer(nn.Module):
         # adaLN projections start at zero: every block starts from its learned offsets alone
         for ada in (self.shared_ada[1], self.head_ada[1]):
             nn.init.zeros_(ada.weight)
+
+    # ------------------------------------------------------------------ scale schedules
+    def tables(self, schedule: ScaleSchedule | None = None) -> ScheduleTables:
+        """The tables of a pass over ``schedule`` (default: the model's own ``scale_schedule``).
+
+        Any schedule with the model's number of scales and its first scale serves (an aspect-ratio
+        template, ``quantizer.template_schedule``): the weights do not depend on the grid sizes; the RoPE
+        positions, the block-causal mask and the scale ranges do. Built once per schedule and device.
+
+        Raises:
+            ValueError: an invalid schedule, or one whose scale count or first scale differs.
+        """
+        if schedule is None or [tuple(hw) for hw in schedule] == list(self.scale_schedule):
+            return ScheduleTables(
+                self.scale_schedule,
+                self.scale_bounds,
+                self.rope_cos,
+                self.rope_sin,
+                self.attn_mask,
+                self.scale_index,
+            )
+        schedule = validate_schedule(schedule)
+        if len(schedule) != len(self.scale_schedule) or schedule[0] != self.scale_schedule[0]:
+            raise ValueError(
+                f"a schedule of {len(schedule)} scales starting at {schedule[0]} does not fit this model's "
+                f"{len(self.scale_schedule)} scales starting at {self.scale_schedule[0]}"
+            )
+        device = self.rope_cos.device
+        key = (tuple(schedule), device)
+        if key not in self._tables:
+            cos, sin = rope_2d(schedule, self.config.head_dim, self.config.rope_base)
+            self._tables[key] = ScheduleTables(
+                schedule,
+                scale_bounds(schedule),
+                cos.to(device),
+                sin.to(device),
+                block_causal_mask(schedule).to(device),
+                scale_ids(schedule).to(device),
+            )
+        return self._tables[key]
 
     # ------------------------------------------------------------------ text
     def null_text(self, batch_size: int) -> TextFeatures:
@@ -485,7 +543,13 @@ class BitwiseTransformer(nn.Module):
         return ctx.cond.unsqueeze(1) + self.pos_start  # (B, first_len, C)
 
     # ------------------------------------------------------------------ teacher-forced pass
-    def forward(self, inputs: Tensor, text: TextFeatures, num_scales: int | None = None) -> Tensor:
+    def forward(
+        self,
+        inputs: Tensor,
+        text: TextFeatures,
+        num_scales: int | None = None,
+        schedule: ScaleSchedule | None = None,
+    ) -> Tensor:
         """Teacher-forced pass with the block-causal mask, over all scales or a prefix of them.
 
         Args:
@@ -494,6 +558,8 @@ class BitwiseTransformer(nn.Module):
             text: the text features (B rows), after any CFG dropout.
             num_scales: n, the number of scales to run (default: all K). A prefix gives exactly the
                 logits of the full pass at those positions (the mask hides later scales).
+            schedule: the scale schedule of the batch (default: the model's; see ``tables``), e.g. an
+                aspect-ratio template; every row of a batch has the same one.
 
         Returns:
             logits: IVC (B, L_n, d, 2) or index head (B, L_n, 2^d); the positions of scale k predict its bits.
@@ -501,19 +567,20 @@ class BitwiseTransformer(nn.Module):
         Raises:
             ValueError: inputs of the wrong shape, or num_scales outside 1..K.
         """
-        K = len(self.scale_schedule)
+        t = self.tables(schedule)
+        K = len(t.schedule)
         n = K if num_scales is None else int(num_scales)
         if not 1 <= n <= K:
             raise ValueError(f"num_scales must be in 1..{K}, got {num_scales}")
-        L = self.scale_bounds[n - 1][1]
+        L = t.bounds[n - 1][1]
         B = text.batch_size
         expected = (B, L - self.first_len, self.codebook_dim)
         if tuple(inputs.shape) != expected:
             raise ValueError(f"inputs must be (B, L − first, d) = {expected}, got {tuple(inputs.shape)}")
         ctx = self.text_context(text)
         x = torch.cat([self._sos(ctx), self.word_embed(inputs)], dim=1)  # (B, L, C)
-        x = x + self.scale_embed(self.scale_index[:L])
-        cos, sin, mask = self.rope_cos[:L], self.rope_sin[:L], self.attn_mask[:L, :L]
+        x = x + self.scale_embed(t.scale_index[:L])
+        cos, sin, mask = t.cos[:L], t.sin[:L], t.mask[:L, :L]
         kv = [blk.cross.text_kv(ctx.tokens) if blk.cross is not None else None for blk in self.blocks]
         for blk, text_kv in zip(self.blocks, kv):
             x = blk(x, ctx.ada, cos, sin, mask, text_kv, ctx.mask)
@@ -527,11 +594,13 @@ class BitwiseTransformer(nn.Module):
         return out  # (B, N, 2^d)
 
     # ------------------------------------------------------------------ incremental pass (KV cache)
-    def start(self, text: TextFeatures) -> InferenceState:
-        """Begin a scale-by-scale pass: prepare the text and empty KV caches."""
+    def start(self, text: TextFeatures, schedule: ScaleSchedule | None = None) -> InferenceState:
+        """Begin a scale-by-scale pass over ``schedule`` (default: the model's; see ``tables``): prepare the
+        text and empty KV caches."""
+        tables = self.tables(schedule)
         ctx = self.text_context(text)
         kv = [blk.cross.text_kv(ctx.tokens) if blk.cross is not None else None for blk in self.blocks]
-        return InferenceState(ctx, [{} for _ in self.blocks], kv)
+        return InferenceState(ctx, [{} for _ in self.blocks], kv, tables=tables)
 
     def forward_scale(self, state: InferenceState, inputs: Tensor | None) -> Tensor:
         """Logits of the next scale, attending to the cached keys of all earlier scales plus its own.
@@ -546,11 +615,12 @@ class BitwiseTransformer(nn.Module):
         Raises:
             ValueError: all scales done, or inputs of the wrong shape.
         """
+        t = state.tables if state.tables is not None else self.tables()
         k = state.next_scale
-        if k >= len(self.scale_schedule):
-            raise ValueError(f"all {len(self.scale_schedule)} scales are done; call start() again")
+        if k >= len(t.schedule):
+            raise ValueError(f"all {len(t.schedule)} scales are done; call start() again")
         B = state.context.cond.shape[0]
-        a, b = self.scale_bounds[k]
+        a, b = t.bounds[k]
         if k == 0:
             if inputs is not None:
                 raise ValueError("the first scale takes no inputs (its slot is the SOS token); pass None")
@@ -563,7 +633,7 @@ class BitwiseTransformer(nn.Module):
                 )
             x = self.word_embed(inputs)
         x = x + self.scale_embed.weight[k]
-        cos, sin = self.rope_cos[a:b], self.rope_sin[a:b]
+        cos, sin = t.cos[a:b], t.sin[a:b]
         for blk, cache, text_kv in zip(self.blocks, state.caches, state.text_kv):
             x = blk(x, state.context.ada, cos, sin, None, text_kv, state.context.mask, cache)
         state.next_scale = k + 1

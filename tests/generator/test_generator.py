@@ -592,3 +592,84 @@ def test_tiny_model_fits_a_fixed_batch():
         loss.backward()
         opt.step()
     assert first > 0.6 and loss.item() < 0.15, (first, loss.item())
+
+
+# ---------------------------------------------------------------------------------------- aspect ratios
+
+
+def _ar_tokenizer() -> BitwiseTokenizer:
+    """A tiny stride-16 tokenizer whose own schedule is square (16×16 latent: 256² images)."""
+    from infinity_lit.quantizer import schedule_for_latent
+
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(
+        codebook_dim=4,
+        scale_schedule=schedule_for_latent((16, 16), 5),
+        base_channels=4,
+        channel_multipliers=[1, 1, 1, 1, 1],
+        num_res_blocks=1,
+        num_groups=2,
+    )
+    return BitwiseTokenizer(cfg).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("hw", [(256, 512), (512, 256)])
+def test_a_non_square_batch_through_tokenizer_and_generator(hw, render_emoji):
+    """A 256×512 (and a 512×256) batch: the tokenizer quantises it on its aspect-ratio schedule, the
+    generator (built for the square schedule) takes that schedule per call, KV-cached logits equal the
+    teacher-forced ones, and its RoPE positions are the final grid's rows and columns."""
+    from infinity_lit.quantizer import schedule_for_latent
+
+    tokenizer = _ar_tokenizer()
+    model = tiny_model(schedule=tokenizer.scale_schedule)
+    H, W = hw
+    schedule = schedule_for_latent((H // 16, W // 16), 5)
+    images = render_emoji("😀🍎", size=max(hw)).float() / 127.5 - 1
+    images = images[:, :, :H, :W].contiguous()  # (2, 3, H, W)
+    with torch.no_grad():
+        out = tokenizer.quantize(tokenizer.encode(images), scale_schedule=schedule)
+    assert [tuple(c.shape[-2:]) for c in out.codes] == schedule and schedule[-1] == (H // 16, W // 16)
+    x = teacher_forcing_inputs(out.codes, schedule)
+    text = random_text(B=2, C=8)
+    with torch.no_grad():
+        full = model(x, text, schedule=schedule)
+        state = model.start(text, schedule)
+        bounds = scale_bounds(schedule)
+        parts = [model.forward_scale(state, None)]
+        parts += [model.forward_scale(state, x[:, a - 1 : b - 1]) for a, b in bounds[1:]]
+    assert full.shape == (2, bounds[-1][1], 4, 2)
+    assert (torch.cat(parts, 1) - full).abs().max() <= 1e-5
+    tables = model.tables(schedule)
+    rows, cols = scale_positions(schedule)
+    a, b = bounds[-1]
+    h, w = schedule[-1]
+    assert torch.equal(rows[a:b], torch.arange(h).repeat_interleave(w).double())
+    assert torch.equal(cols[a:b], torch.arange(w).repeat(h).double())
+    assert tables.mask.shape == (b, b) and model.tables(schedule) is tables  # built once
+    # The loss of the aspect-ratio pass trains the same parameters.
+    model.train()
+    loss = model.loss(model(x, text, schedule=schedule), torch.cat(out.bits, 1))
+    loss.backward()
+    assert model.scale_embed.weight.grad is not None and model.word_embed.weight.grad.abs().sum() > 0
+
+
+def test_a_schedule_that_does_not_fit_the_generator():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="does not fit this model's 3 scales"):
+        model.tables([(1, 1), (2, 4)])
+    with pytest.raises(ValueError, match="starting at"):
+        model.tables([(2, 2), (3, 3), (4, 8)])
+
+
+def test_sampling_on_an_aspect_ratio_schedule(text_encoder):
+    from infinity_lit.quantizer import schedule_for_latent
+
+    tokenizer = _ar_tokenizer()
+    model = tiny_model(schedule=tokenizer.scale_schedule, text_dim=text_encoder.dim)
+    wide = schedule_for_latent((4, 8), 5)  # 64×128 images at stride 16
+    kw = dict(cfg=2.0, seed=3, schedule=wide)
+    a = sample(model, tokenizer, text_encoder, PROMPTS[:2], **kw)
+    b = sample(model, tokenizer, text_encoder, PROMPTS[:2], use_cache=False, **kw)
+    assert a.images.shape == (2, 3, 64, 128)
+    assert [t.shape[1] for t in a.bits] == [h * w for h, w in wide]
+    assert all(torch.equal(x, y) for x, y in zip(a.bits, b.bits))
