@@ -93,9 +93,27 @@ def run_folder(arm: str, seed: int) -> str:
     return f"{arm}/seed_{seed}"
 
 
+def data_content(study: Study) -> str | None:
+    """What the study's ``data.dir`` holds (``data.shards_digest``); None for the OpenMoji data the study
+    builds itself from its settings, or a folder that holds no readable shard set (the run then stops with
+    the data's own error)."""
+    if study.data.dir is None:
+        return None
+    from infinity_lit.data.shards import shards_digest
+
+    try:
+        return shards_digest(study.data.dir)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def plan(study: Study) -> list[Task]:
-    """Every stage of every (arm, seed), in spec order (seeds outer, arms inner), with keys and owners."""
+    """Every stage of every (arm, seed), in spec order (seeds outer, arms inner), with keys and owners.
+
+    The keys (``stage_key``) include the content of a ``data.dir``: shards changed under the same path make
+    every stage "stale" (set aside and run again), never silently reused."""
     eval_settings = asdict(study.evaluation)
+    content = data_content(study)
     owners: dict[str, str] = {}
     tasks: list[Task] = []
     for seed in study.seeds:
@@ -105,7 +123,7 @@ def plan(study: Study) -> list[Task]:
             for stage in STAGES:
                 upstream_keys = [keys[u] for u in UPSTREAM[stage]]
                 if stage in TRAIN_STAGES:
-                    key = stage_key(study, arm, seed, stage, upstream_keys)
+                    key = stage_key(study, arm, seed, stage, upstream_keys, content)
                 else:
                     key = stage_key(
                         study,
@@ -113,6 +131,7 @@ def plan(study: Study) -> list[Task]:
                         0,
                         f"{stage}:{json.dumps(eval_settings, sort_keys=True)}",
                         upstream_keys,
+                        content,
                     )
                 keys[stage] = key
                 folder = f"{run_folder(arm.name, seed)}/{stage}"

@@ -444,11 +444,20 @@ def stacked_config(study: Study, arm: Arm, stage: str) -> dict[str, Any]:
     return config
 
 
-def stage_key(study: Study, arm: Arm, seed: int, stage: str, upstream: Sequence[str] = ()) -> str:
+def stage_key(
+    study: Study,
+    arm: Arm,
+    seed: int,
+    stage: str,
+    upstream: Sequence[str] = (),
+    data_content: str | None = None,
+) -> str:
     """12 hex digits identifying what ``stage`` of (``arm``, ``seed``) computes: equal keys share a stage.
 
-    Hashes the stacked configuration (contents, not file paths), the seed, the data settings, the stage's
-    name and the keys of the stages it consumes.
+    Hashes the stacked configuration (contents, not file paths), the seed, the data settings, the content
+    of a ``data.dir`` (``data_content``: ``data.shards_digest``, as ``plan`` passes it; so shards rebuilt
+    under the same path give new keys and are not silently reused), the stage's name and the keys of the
+    stages it consumes.
     """
     payload = {
         "stage": stage,
@@ -457,6 +466,8 @@ def stage_key(study: Study, arm: Arm, seed: int, stage: str, upstream: Sequence[
         "data": study.data.as_dict(),
         "upstream": list(upstream),
     }
+    if data_content is not None:
+        payload["data_content"] = data_content
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

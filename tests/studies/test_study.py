@@ -157,6 +157,20 @@ def test_equal_stages_share_a_key_and_different_ones_do_not(recipes, openmoji_sh
     assert shared == {("p30", s, stage) for s in (0, 1) for stage in ("tokenizer", "recon")}
 
 
+def test_shards_changed_under_the_same_path_change_every_key(recipes, openmoji_shards, tmp_path):
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(openmoji_shards, shards)
+    study = load_study(write_spec(recipes, shards))
+    before = [t.key for t in plan(study)]
+    assert [t.key for t in plan(study)] == before  # the same bytes, the same keys
+    # One shard rewritten with other samples (a rebuild into the same folder): every stage is new.
+    (shards / "val-000000.tar").write_bytes((shards / "val-000001.tar").read_bytes())
+    after = [t.key for t in plan(study)]
+    assert all(a != b for a, b in zip(before, after, strict=True))
+
+
 # ------------------------------------------------------------------------------------------ the runner
 
 
