@@ -78,11 +78,15 @@ def cached_features(
     batch_size: int = 50,
     cache: Path | None = None,
     desc: str | None = None,
+    content: str | None = None,
 ) -> Tensor:
     """Inception pool3 features of an image set, reused from ``cache`` when the set is unchanged.
 
-    The cache entry is keyed by the set's fingerprint (file names, sizes, modification times, split,
-    selection) and the weights file; a changed folder recomputes.
+    The cache entry is keyed by what the set holds (``content``: the ``sha256`` of ``ImageSet.content``,
+    its decoded pixels in order) or, without it, by the set's fingerprint (file names, sizes, modification
+    times, split, selection), and by the weights file; a changed set recomputes. ``score_generated`` keys by
+    content: a file rewritten with other pixels under the same name, size and time is not served stale
+    features, and a copied set reuses them.
 
     Args:
         image_set: the images (read as uint8 [0, 255]).
@@ -91,13 +95,15 @@ def cached_features(
         batch_size: images per forward pass.
         cache: folder of cached features, or None for no caching.
         desc: tqdm description.
+        content: the set's content digest (``ImageSet.content()["sha256"]``), when known.
 
     Returns:
         float64 (N, 2048) on CPU.
     """
     from tqdm import tqdm
 
-    key = hashlib.sha1(f"{image_set.fingerprint()}|{_weights_tag(weights_path)}".encode()).hexdigest()[:20]
+    identity = f"content:{content}" if content is not None else image_set.fingerprint()
+    key = hashlib.sha1(f"{identity}|{_weights_tag(weights_path)}".encode()).hexdigest()[:20]
     path = cache / f"inception-{key}.pt" if cache is not None else None
     if path is not None and path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)["features"]
@@ -214,8 +220,12 @@ def score_generated(
             model.append(load_inception(weights_path, device))
         return model[0]
 
-    f_gen = cached_features(gen, get_model, weights_path, batch_size, cache, "Inception (generated)")
-    f_ref = cached_features(ref, get_model, weights_path, batch_size, cache, "Inception (reference)")
+    f_gen = cached_features(
+        gen, get_model, weights_path, batch_size, cache, "Inception (generated)", gen_content["sha256"]
+    )
+    f_ref = cached_features(
+        ref, get_model, weights_path, batch_size, cache, "Inception (reference)", ref_content["sha256"]
+    )
     fid = fid_from_features(f_gen, f_ref)
     kid_mean, kid_std, kid_size = kid_from_features(f_gen, f_ref, subsets=kid_subsets, seed=seed)
 

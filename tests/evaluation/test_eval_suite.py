@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -350,6 +351,60 @@ def test_eval_score_skips_and_records_unreadable_reference_images(tmp_path, monk
     assert record["unreadable_images"]["generated"] == {}
     assert any("sub/cut.jpg" in w for w in record["warnings"])
     assert record["reference_content"]["images"] == 3 and record["reference_content"]["format"] == "PNG files"
+
+
+def test_the_feature_cache_follows_the_pixels_not_the_file_names_and_times(tmp_path, monkeypatch):
+    """Inception features are cached by what a set holds: a generated image rewritten with other pixels
+    under the same name, size and modification time is scored afresh; a copied set reuses the cache."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from infinity_lit.evaluation.scoring import score_generated
+
+    def features(_model, batch, _batch_size=50):
+        x = batch.double()
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)  # (N, 6) float64
+
+    seen: list[int] = []
+    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
+    monkeypatch.setattr(
+        "infinity_lit.evaluation.scoring.inception_features",
+        lambda m, b, bs=50: seen.append(len(b)) or features(m, b, bs),
+    )
+    rng = np.random.default_rng(0)
+
+    def save(path: Path) -> None:  # uncompressed: the file size depends on the image size alone
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path, compress_level=0)
+
+    gen, ref = tmp_path / "samples", tmp_path / "reference"
+    for name in ("000000.png", "000001.png", "000002.png"):
+        save(gen / name)
+        save(ref / name)
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"stand-in")
+    kw = {"inception_weights": weights, "feature_cache_dir": tmp_path / "cache"}
+    first = score_generated(gen, ref, **kw)
+    assert sum(seen) == 6
+    seen.clear()
+    assert score_generated(gen, ref, **kw)["metrics"]["fid"] == first["metrics"]["fid"] and seen == []
+
+    path = gen / "000001.png"
+    before = path.stat()
+    save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    seen.clear()
+    changed = score_generated(gen, ref, **kw)
+    assert seen == [3]  # the generated set again; the reference from the cache
+    assert changed["metrics"]["fid"] != first["metrics"]["fid"]
+
+    shutil.copytree(gen, tmp_path / "copy")
+    seen.clear()
+    assert score_generated(tmp_path / "copy", ref, **kw)["metrics"]["fid"] == changed["metrics"]["fid"]
+    assert seen == []
 
 
 # ------------------------------------------------------------------------------------------------ recon
