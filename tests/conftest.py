@@ -74,6 +74,16 @@ TINY_TOKENIZER = {
     "num_res_blocks": 1,
     "num_groups": 4,
 }
+#: Command-line overrides that make the tokenizer recipe tiny (8 channels, stride 8, d = 8), and the schedule
+#: that fits them on 32² images (a 4×4 latent).
+TINY_TOKENIZER_ARGS = [
+    "--model.tokenizer.base_channels=8",
+    "--model.tokenizer.num_groups=4",
+    "--model.tokenizer.channel_multipliers=[1, 2, 2, 2]",
+    "--model.tokenizer.num_res_blocks=1",
+    "--model.tokenizer.codebook_dim=8",
+]
+TINY_SCHEDULE_ARG = "--model.tokenizer.scale_schedule=[[1, 1], [2, 2], [4, 4]]"
 #: The tiny transformer of the tests' generators (the shared checkpoint uses the ``tiny`` preset instead).
 TINY_TRANSFORMER = {"depth": 1, "width": 32, "num_heads": 2}
 #: Width of the default (bundled MiniLM) text encoder's features.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_TOKENIZER_ARGS
 from test_cli import _fails
 
 from infinity_lit.cli.common import DEBUG_ENV
@@ -18,13 +19,6 @@ from infinity_lit.cli.common import DEBUG_ENV
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_RECIPE = REPO / "experiments" / "tokenizer" / "openmoji64.yaml"
 GENERATOR_RECIPE = REPO / "experiments" / "generator" / "openmoji64.yaml"
-TINY_TOKENIZER_ARGS = [
-    "--model.tokenizer.base_channels=8",
-    "--model.tokenizer.num_groups=4",
-    "--model.tokenizer.channel_multipliers=[1, 2, 2, 2]",
-    "--model.tokenizer.num_res_blocks=1",
-    "--model.tokenizer.codebook_dim=8",
-]
 
 
 class _CurrentStderr:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SCHEDULE_ARG, TINY_TOKENIZER_ARGS
 
 from infinity_lit.cli import is_user_error, main
 from infinity_lit.cli.common import DEBUG_ENV
@@ -210,12 +211,8 @@ def test_step_bounded_fit_shows_steps_of_max_steps_and_no_noise(openmoji_shards,
         "--trainer.limit_val_batches=1",
         "--trainer.enable_model_summary=false",
         "--model.num_log_images=2",
-        "--model.tokenizer.base_channels=8",
-        "--model.tokenizer.num_groups=4",
-        "--model.tokenizer.channel_multipliers=[1, 2, 2, 2]",
-        "--model.tokenizer.num_res_blocks=1",
-        "--model.tokenizer.scale_schedule=[[1, 1], [2, 2], [4, 4]]",
-        "--model.tokenizer.codebook_dim=8",
+        *TINY_TOKENIZER_ARGS,
+        TINY_SCHEDULE_ARG,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8", "COLUMNS": "200"}
     env.pop(DEBUG_ENV, None)

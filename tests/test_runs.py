@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SCHEDULE_ARG, TINY_TOKENIZER_ARGS
 
 from infinity_lit import runs
 from infinity_lit.training import lightning_cli
@@ -17,14 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "experiments" / "tokenizer" / "openmoji64.yaml"
 
 #: A tokenizer small enough to fit in seconds on 32² shards.
-TINY_ARGS = [
-    "--model.tokenizer.base_channels=8",
-    "--model.tokenizer.num_groups=4",
-    "--model.tokenizer.channel_multipliers=[1, 2, 2, 2]",
-    "--model.tokenizer.num_res_blocks=1",
-    "--model.tokenizer.scale_schedule=[[1, 1], [2, 2], [4, 4]]",
-    "--model.tokenizer.codebook_dim=8",
-]
+TINY_ARGS = [*TINY_TOKENIZER_ARGS, TINY_SCHEDULE_ARG]
 
 
 # ---------------------------------------------------------------- layout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_SCHEDULE_ARG, TINY_TOKENIZER_ARGS
 
 from infinity_lit.evaluation.recon import evaluate_reconstruction
 from infinity_lit.metrics.reconstruction import psnr, ssim
@@ -69,12 +70,8 @@ def test_tokenizer_test_and_eval_recon_give_the_same_numbers(openmoji_shards, tm
         "--data.init_args.batch_size=4",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        "--model.tokenizer.base_channels=8",
-        "--model.tokenizer.num_groups=4",
-        "--model.tokenizer.channel_multipliers=[1, 2, 2, 2]",
-        "--model.tokenizer.num_res_blocks=1",
-        "--model.tokenizer.scale_schedule=[[1, 1], [2, 2], [4, 4]]",
-        "--model.tokenizer.codebook_dim=8",
+        *TINY_TOKENIZER_ARGS,
+        TINY_SCHEDULE_ARG,
     ]
     fit = ["--trainer.max_steps=6", "--trainer.max_time=null", "--trainer.val_check_interval=3"]
     train.tokenizer(["fit", *common, *fit, "--trainer.limit_val_batches=1", "--model.num_log_images=0"])
