@@ -261,9 +261,13 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         if self._last_written_step == trainer.global_step:
             return  # Lightning's hooks call this again after a saving point: one write per step
-        if not self._in_epoch_end and _on_last_batch(trainer):
+        if not self._in_epoch_end and _on_last_batch(trainer) and not trainer.validating:
             # Written now, the loops would hold a finished epoch that is not counted as finished yet, and a
             # resume would skip the next epoch: written at the epoch's end instead (``on_train_epoch_end``).
+            # Not after a validation of the last batch: Lightning resumes that state itself (it finishes the
+            # batch and starts the next epoch), while an epoch-end checkpoint of a validation step would
+            # resume one step further on the logging axis (its restart skips that validation by running the
+            # batch's end once more).
             self._due_at_epoch_end = True
             return
         super()._save_last_checkpoint(trainer, monitor_candidates)

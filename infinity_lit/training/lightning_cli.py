@@ -215,6 +215,49 @@ def check_ckpt_path(ckpt_path: str) -> None:
         )
 
 
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """A parsed config section as ``{"model.optimizer.learning_rate": 0.0004, ...}``."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: value}
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    """Equal values (lists and tuples alike), or two spellings of one existing file (a relative and an
+    absolute checkpoint path)."""
+    if _tuples(a) == _tuples(b):
+        return True
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return False
+    return False
+
+
+def resume_conflicts(requested: Any, resumed: Any) -> list[str]:
+    """The model settings of a resumed fit that differ from what the command asked for, as
+    ``"KEY VALUE (checkpoint: VALUE)"`` lines (``requested`` / ``resumed``: the parsed ``model`` sections
+    before and after LightningCLI applied the checkpoint's hyper-parameters). A setting the command leaves
+    unset (None: filled in from elsewhere, as the generator's codebook dimension from its tokenizer) asks
+    for nothing."""
+    asked, stored = _flat(requested, "model"), _flat(resumed, "model")
+    return [
+        f"{key} {asked[key]!r} (checkpoint: {stored.get(key)!r})"
+        for key in sorted(asked)
+        if asked[key] is not None and not _same_setting(asked[key], stored.get(key))
+    ]
+
+
 def _user_error(message: str) -> None:
     """Stop with ``message`` on one line of stderr and exit status 2, as for a bad option (no traceback:
     nothing has been built or written yet)."""
@@ -254,6 +297,30 @@ class RunCLI(LightningCLI):
             help="Name of the run folder: fit writes runs/<model>/<run_name>/ (default: the stem of the first "
             "--config file, else 'default'). An explicit trainer.logger name takes precedence.",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI (``_parse_ckpt_path``) replaces the command's model settings by the checkpoint's
+        # hyper-parameters, so a fit resumed with other settings (a learning rate, a width) would silently
+        # train with the old ones, and restoring the optimiser and schedule would undo them anyway. A fit
+        # that resumes must ask for the settings it was trained with.
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else None
+        requested = section.get("model").clone() if subcommand == "fit" and section.get("model") else None
+        super()._parse_ckpt_path()
+        if requested is None or not section.get("ckpt_path"):
+            return
+        conflicts = resume_conflicts(requested, self.config[subcommand].get("model"))
+        if conflicts:
+            run = runs.run_of_checkpoint(section.ckpt_path)
+            own = f"--config {run / 'config.yaml'}" if run is not None else "the config it was trained with"
+            shown = "; ".join(conflicts[:4]) + (
+                f"; and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
+            )
+            _user_error(
+                f"--ckpt_path resumes a run with the model settings it was trained with, but this command asks "
+                f"for others: {shown}. Resume with the run's own settings ({own}), or train a new run with "
+                "these (another --run_name)"
+            )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)

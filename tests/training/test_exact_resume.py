@@ -219,6 +219,27 @@ def test_a_signal_saves_the_step_and_the_resume_is_exact(
     assert len(steps) == len(set(steps)) == total
 
 
+def test_a_resume_that_asks_for_other_model_settings_is_refused(
+    tmp_path, openmoji_shards, tiny_tokenizer_ckpt, capsys
+):
+    """LightningCLI would train on with the checkpoint's settings and drop the command's without a word; a
+    resume must ask for the settings it was trained with (another spelling of the same file is the same)."""
+    config = _config(tmp_path, "run", "generator", openmoji_shards, tiny_tokenizer_ckpt)
+    last = _fit("generator", config, 3)
+    args = ["fit", "-c", str(config), "--trainer.max_steps", "6", "--ckpt_path", str(last)]
+    with pytest.raises(SystemExit) as refused:
+        train.generator([*args, "--model.optimizer.learning_rate", "0.01", "--model.transformer.width", "64"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.optimizer.learning_rate 0.01 (checkpoint: 0.0003)" in err, err
+    assert "model.transformer.width 64 (checkpoint: 32)" in err
+    assert f"--config {tmp_path / 'runs' / 'run' / 'config.yaml'}" in err
+    assert _load(last)["global_step"] == 3  # nothing trained, nothing rewritten
+    relative = os.path.relpath(tiny_tokenizer_ckpt)
+    resumed = train.generator([*args, "--model.tokenizer_checkpoint", relative])
+    assert resumed.trainer.global_step == 6
+
+
 def test_a_signal_during_validation_runs_that_validation_again_on_resume(
     tmp_path, openmoji_shards, tiny_tokenizer_ckpt
 ):
