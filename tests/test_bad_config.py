@@ -188,3 +188,31 @@ def test_a_generator_resolution_that_does_not_fit_its_tokenizer(
         capsys,
     )
     assert "gives a 8×8 latent grid" in line and "set data.resolution to 32" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--model.tokenizer.codebook_dim=0", "tokenizer codebook_dim must be >= 1, got 0"),
+        ("--data.init_args.batch_size=0", "batch sizes must be ≥ 1, got 0"),
+    ],
+)
+def test_a_value_a_class_refuses_while_it_is_built(tmp_path, openmoji_shards, capsys, option, message):
+    """Refused in a constructor that jsonargparse calls (its error wraps ours): still one line, ours."""
+    line = _fails_before_training(
+        _tokenizer_fit(tmp_path, openmoji_shards, option), tmp_path / "runs", capsys
+    )
+    assert message in line and "Given value" not in line
+
+
+def test_a_transformer_width_the_heads_do_not_divide(tmp_path, openmoji_shards, tiny_tokenizer_ckpt, capsys):
+    argv = _generator_fit(
+        tmp_path,
+        openmoji_shards,
+        tiny_tokenizer_ckpt,
+        "--model.transformer.width=65",
+        "--model.transformer.num_heads=2",
+    )
+    assert "width 65 is not divisible by num_heads 2" in _fails_before_training(
+        argv, tmp_path / "runs", capsys
+    )

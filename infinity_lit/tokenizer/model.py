@@ -73,6 +73,9 @@ class TokenizerConfig:
         self.channel_multipliers = [int(m) for m in self.channel_multipliers]
         if len(self.channel_multipliers) == 0:
             raise ValueError("channel_multipliers must not be empty; e.g. [1, 2, 2, 4] for stride 8")
+        for name in ("codebook_dim", "base_channels", "num_res_blocks"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"tokenizer {name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def stride(self) -> int:

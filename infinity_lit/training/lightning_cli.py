@@ -258,6 +258,22 @@ def resume_conflicts(requested: Any, resumed: Any) -> list[str]:
     ]
 
 
+def _own_value_error(err: BaseException) -> ValueError | None:
+    """The ``ValueError`` raised by this package's own code among ``err`` and its causes, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ValueError):
+            tb = current.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("infinity_lit."):
+                return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _user_error(message: str) -> None:
     """Stop with ``message`` on one line of stderr and exit status 2, as for a bad option (no traceback:
     nothing has been built or written yet)."""
@@ -360,6 +376,19 @@ class RunCLI(LightningCLI):
         if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+    def instantiate_classes(self) -> None:
+        # A bad value that one of the toolkit's own classes refuses while jsonargparse builds it (a width the
+        # number of heads does not divide, a batch size of 0) reaches here wrapped in jsonargparse's error,
+        # whose last frame is jsonargparse's. Raised again as it is, the toolkit's own error reads as a user
+        # error (one line; ``--debug`` shows its traceback).
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            own = _own_value_error(err)
+            if own is None or own is err:
+                raise
+            raise own from None
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand
