@@ -247,6 +247,17 @@ def read_checkpoint(path: str | Path, kind: CheckpointKind) -> Checkpoint:
         )
     path = resolve_checkpoint(path)
     content = load_file(path, what)
+    hparams = check_kind(path, kind, content)
+    return Checkpoint(path, kind, dict(hparams), dict(content))
+
+
+def check_kind(path: str | Path, kind: CheckpointKind, content: Any) -> Mapping[str, Any]:
+    """The hyper-parameters of a loaded checkpoint ``content`` (from ``path``) of ``kind``.
+
+    Raises:
+        CheckpointError: not a ``kind`` checkpoint (the message says which kind it is when it is another
+            model's).
+    """
     hparams = content.get("hyper_parameters") if isinstance(content, Mapping) else None
     if not isinstance(hparams, Mapping) or not isinstance(hparams.get(kind.marker), Mapping):
         other = [
@@ -256,9 +267,10 @@ def read_checkpoint(path: str | Path, kind: CheckpointKind) -> Checkpoint:
         ]
         found = f"it is a {other[0]} checkpoint" if other else f"it has no {kind.marker!r} hyper-parameters"
         raise CheckpointError(
-            f"{str(path)!r} is not a {what} ({found}); pass a checkpoint written by '{kind.command}'"
+            f"{str(path)!r} is not a {kind.name} checkpoint ({found}); pass a checkpoint written by "
+            f"'{kind.command}'"
         )
-    return Checkpoint(path, kind, dict(hparams), dict(content))
+    return hparams
 
 
 #: Top-level checkpoint entry naming the frozen stages a model was trained on (``frozen_reference``).

@@ -216,3 +216,13 @@ def test_a_transformer_width_the_heads_do_not_divide(tmp_path, openmoji_shards, 
     assert "width 65 is not divisible by num_heads 2" in _fails_before_training(
         argv, tmp_path / "runs", capsys
     )
+
+
+def test_another_models_checkpoint_as_ckpt_path(tmp_path, openmoji_shards, tiny_tokenizer_ckpt, capsys):
+    """A tokenizer checkpoint given to a generator fit's --ckpt_path: named as such, not as options the
+    generator does not accept."""
+    argv = _generator_fit(
+        tmp_path, openmoji_shards, tiny_tokenizer_ckpt, f"--ckpt_path={tiny_tokenizer_ckpt}"
+    )
+    line = _fails_before_training(argv, tmp_path / "runs", capsys)
+    assert "is not a generator checkpoint (it is a tokenizer checkpoint)" in line, line

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from infinity_lit.checkpoints import (
     FROZEN_STAGES,
+    GENERATOR,
     TOKENIZER,
     CheckpointError,
     frozen_reference,
@@ -132,6 +133,8 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
 
     #: Frozen and saved by reference (``tokenizer_checkpoint``; ``text_encoder`` + ``text_encoder_path``).
     frozen_stages = ("tokenizer", "text_encoder")
+    #: What this module's checkpoints are (``--ckpt_path`` of another model's is refused by name).
+    checkpoint_kind = GENERATOR
 
     def __init__(
         self,

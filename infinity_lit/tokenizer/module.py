@@ -42,6 +42,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
+from infinity_lit.checkpoints import TOKENIZER
 from infinity_lit.metrics.reconstruction import psnr, ssim
 from infinity_lit.training.callbacks import epoch_means, log_epoch_means, log_skipped_samples
 from infinity_lit.training.frozen import FrozenStages
@@ -99,6 +100,8 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
 
     #: Frozen and saved by reference (``lpips_weights``); None when the perceptual loss is off.
     frozen_stages = ("perceptual",)
+    #: What this module's checkpoints are (``--ckpt_path`` of another model's is refused by name).
+    checkpoint_kind = TOKENIZER
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from infinity_lit import runs
-from infinity_lit.checkpoints import CheckpointError, load_file
+from infinity_lit.checkpoints import CheckpointError, CheckpointKind, check_kind, load_file
 
 from .callbacks import HParamsWithFinalMetrics, SkippedSamplesText
 from .checkpointing import AtomicCheckpointIO, DiscardUnstartedRun, RunCheckpoint
@@ -197,15 +197,19 @@ def quiet_lightning() -> None:
         logger.addFilter(_DropInfo())
 
 
-def check_ckpt_path(ckpt_path: str) -> None:
+def check_ckpt_path(ckpt_path: str, kind: CheckpointKind | None = None) -> None:
     """Stop with one line (``_user_error``) unless ``ckpt_path`` is a checkpoint file that loads
-    (``infinity_lit.checkpoints.load_file``), before Lightning reads it: its errors for a missing, truncated
-    or non-checkpoint file are a traceback ending in e.g. ``KeyError: 101``."""
+    (``infinity_lit.checkpoints.load_file``) and, with ``kind``, is one of that model's
+    (``checkpoints.read_checkpoint``), before Lightning reads it: its errors for a missing, truncated or
+    non-checkpoint file are a traceback ending in e.g. ``KeyError: 101``, and another model's checkpoint
+    fails on its hyper-parameters with an error about options."""
     what = "--ckpt_path checkpoint"
     try:
-        load_file(
+        content = load_file(
             ckpt_path, what, missing_hint="pass a .ckpt file or a run folder (its checkpoints/last.ckpt)"
         )
+        if kind is not None:
+            check_kind(ckpt_path, kind, content)
     except (FileNotFoundError, CheckpointError, PermissionError, IsADirectoryError) as err:
         _user_error(str(err))
     except Exception as err:  # the unpickler's own failures on a file that is no checkpoint at all
@@ -351,7 +355,7 @@ class RunCLI(LightningCLI):
                     config.ckpt_path = str(runs.resolve_checkpoint(ckpt_path))
                 except FileNotFoundError as err:
                     _user_error(f"--ckpt_path: {err}")
-            check_ckpt_path(config.ckpt_path)
+            check_ckpt_path(config.ckpt_path, getattr(self.model_class, "checkpoint_kind", None))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # The default progress bar is StepProgressBar, unless the config names a progress bar or disables it.
