@@ -69,6 +69,10 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 def logged_steps(run: Path, tag: str) -> list[int]:
-    from infinity_lit.evaluation.tensorboard import read_scalars
+    """Every step ``tag`` was logged at in ``run``'s event files, in order, repeats included (unlike
+    ``evaluation.tensorboard.read_scalars``, which keeps the last value of a step)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-    return [step for step, _ in read_scalars(run)[tag]]
+    acc = EventAccumulator(str(run), size_guidance={SCALARS: 0})
+    acc.Reload()
+    return sorted(event.step for event in acc.Scalars(tag))

@@ -95,9 +95,10 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-#: Settings that say where a file was read, not what it held: its content hash is compared instead, so a
-#: folder sampled from a checkpoint that was moved (or named by another path) resumes.
-_LOCATIONS = ("checkpoint", "tokenizer_checkpoint")
+#: Settings that say where a file was read, not what it held: its content is compared instead (the weights
+#: digests; each image's own prompt), so a folder sampled from files that were moved (or named by another
+#: path) resumes.
+_LOCATIONS = ("checkpoint", "tokenizer_checkpoint", "prompts")
 
 
 def _settings_conflict(existing: list[dict], settings: Mapping[str, Any]) -> str | None:
@@ -320,12 +321,12 @@ def sample_checkpoint(
         tokenizer_checkpoint = resolve_checkpoint(tokenizer_checkpoint)
     if prompts is not None:
         texts = read_prompts(prompts)
-        source = str(prompts)
+        source = str(Path(prompts).resolve())  # the file that was read, wherever the command ran
     else:
         from infinity_lit.data.shards import iter_samples
 
         texts = [caption for _, _, caption in iter_samples(captions_from, split)]
-        source = f"{captions_from} ({split} captions)"
+        source = f"{Path(captions_from).resolve()} ({split} captions)"
     texts = texts[:num_images] if num_images is not None else texts
     device = ranks().device(device)  # several processes on one machine: one GPU each
     gen = load_generator(checkpoint, device, use_ema=use_ema, tokenizer_checkpoint=tokenizer_checkpoint)

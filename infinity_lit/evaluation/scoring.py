@@ -281,7 +281,8 @@ def _size_mismatch(generated: list[str], reference: list[str]) -> str | None:
     if set(generated) == set(reference):
         return None
     return (
-        f"the generated images are {', '.join(generated)} and the reference images {', '.join(reference)}: "
+        f"the generated images are {', '.join(generated)} and the reference images {', '.join(reference)} "
+        "(height x width): "
         "both are resized to 299x299 for Inception, so FID and KID also measure the difference in resolution; "
         "score against a reference at the generated size (e.g. shards built with the same --resolution)"
     )

@@ -57,7 +57,12 @@ from infinity_lit.checkpoints import (
 )
 from infinity_lit.tokenizer import load_tokenizer
 from infinity_lit.tokenizer.module import check_data_resolution
-from infinity_lit.training.callbacks import epoch_means, log_epoch_means, log_skipped_samples
+from infinity_lit.training.callbacks import (
+    SKIPPED_LOGGED_AT,
+    epoch_means,
+    log_epoch_means,
+    log_skipped_samples,
+)
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 from infinity_lit.training.seeding import RANDOM_STREAMS, RandomStreams, run_seed
@@ -401,6 +406,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         owner_dir = getattr(callback, "dirpath", None)
         checkpoint[FROZEN_STAGES] = {"tokenizer": frozen_reference(self.tokenizer_identity, owner_dir)}
         checkpoint[RANDOM_STREAMS] = self.random_streams.state_dict()
+        checkpoint[SKIPPED_LOGGED_AT] = getattr(self, SKIPPED_LOGGED_AT, None)
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -424,6 +430,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
             )
         if isinstance(checkpoint.get(RANDOM_STREAMS), Mapping):
             self.random_streams.load_state_dict(checkpoint[RANDOM_STREAMS])
+        setattr(self, SKIPPED_LOGGED_AT, checkpoint.get(SKIPPED_LOGGED_AT))
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:

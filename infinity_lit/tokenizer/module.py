@@ -44,7 +44,12 @@ from torch import Tensor
 
 from infinity_lit.checkpoints import TOKENIZER
 from infinity_lit.metrics.reconstruction import psnr, ssim
-from infinity_lit.training.callbacks import epoch_means, log_epoch_means, log_skipped_samples
+from infinity_lit.training.callbacks import (
+    SKIPPED_LOGGED_AT,
+    epoch_means,
+    log_epoch_means,
+    log_skipped_samples,
+)
 from infinity_lit.training.frozen import FrozenStages
 from infinity_lit.training.optim import OptimizerConfig, trainable_parameters
 from infinity_lit.training.seeding import RANDOM_STREAMS, RandomStreams, run_seed
@@ -184,11 +189,13 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RANDOM_STREAMS] = self.random_streams.state_dict()
+        checkpoint[SKIPPED_LOGGED_AT] = getattr(self, SKIPPED_LOGGED_AT, None)
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if isinstance(checkpoint.get(RANDOM_STREAMS), Mapping):
             self.random_streams.load_state_dict(checkpoint[RANDOM_STREAMS])
+        setattr(self, SKIPPED_LOGGED_AT, checkpoint.get(SKIPPED_LOGGED_AT))
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:

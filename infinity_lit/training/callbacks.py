@@ -167,13 +167,24 @@ def log_epoch_means(module: LightningModule, means: Any, metrics: Mapping[str, A
         module.log(name, mean)
 
 
+#: Checkpoint key of the step ``log_skipped_samples`` last logged at (kept across a resume).
+SKIPPED_LOGGED_AT = "skipped_samples_logged_at"
+
+
 def log_skipped_samples(module: LightningModule) -> None:
     """Log ``data/skipped_samples``: the samples the data module skipped so far (undecodable images, samples
-    lost in damaged shards; ``ShardDataModule.skipped_samples``, this rank's count), when it counts them."""
+    lost in damaged shards; ``ShardDataModule.skipped_samples``, this rank's count), when it counts them.
+
+    Called at the end of each validation and training epoch, it logs once per step: the last step of a
+    step-bounded run ends both, and a run resumed at an epoch's last batch ends that epoch again. The step
+    is the module's ``SKIPPED_LOGGED_AT`` attribute; save it with the checkpoint.
+    """
     datamodule = getattr(module.trainer, "datamodule", None)
     skipped = getattr(datamodule, "skipped_samples", None)
-    if skipped is not None:
+    step = module.trainer.global_step
+    if skipped is not None and getattr(module, SKIPPED_LOGGED_AT, None) != step:
         module.log("data/skipped_samples", float(skipped), rank_zero_only=True)
+        setattr(module, SKIPPED_LOGGED_AT, step)
 
 
 class SkippedSamplesText(Callback):

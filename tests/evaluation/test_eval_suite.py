@@ -84,7 +84,10 @@ def test_eval_score_warns_when_the_image_sizes_differ(tmp_path, openmoji_shards,
     rec = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     (warning,) = [w for w in rec["warnings"] if "resized to 299x299" in w]
     assert "30x30" in warning and "32x32" in warning
-    assert "warning: the generated images are 30x30 and the reference images 32x32" in capsys.readouterr().err
+    assert (
+        "warning: the generated images are 30x30 and the reference images 32x32 (height x width)"
+        in capsys.readouterr().err
+    )
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -202,6 +205,7 @@ def test_eval_sample_with_tiny_generator(tmp_path, tiny_generator_ckpt, tiny_tok
     # The files that were read, as absolute paths: not as typed, nor as the generator recorded them.
     assert {r["checkpoint"] for r in records} == {str(tiny_generator_ckpt.resolve())}
     assert {r["tokenizer_checkpoint"] for r in records} == {str(tiny_tokenizer_ckpt.resolve())}
+    assert {r["prompts"] for r in records} == {str((tmp_path / "prompts.txt").resolve())}
     # The same weights from another place resume the folder: the content hashes agree, the paths need not.
     moved = shutil.copy(tiny_generator_ckpt, tmp_path / "moved.ckpt")
     (out / "000001.png").unlink()
