@@ -80,7 +80,14 @@ def test_an_unknown_key_in_a_config_file(tmp_path, openmoji_shards, capsys):
     line = _fails_before_training(
         _tokenizer_fit(tmp_path, openmoji_shards, "-c", str(config)), tmp_path / "runs", capsys
     )
-    assert "codebok_dim" in line
+    assert "model.tokenizer.codebok_dim: no such option under model.tokenizer" in line, line
+    assert "Subtypes" not in line and "Given value" not in line
+
+
+def test_a_typo_in_a_nested_option(tmp_path, openmoji_shards, capsys):
+    argv = _tokenizer_fit(tmp_path, openmoji_shards, "--model.tokenizer.base_channel=8")
+    line = _fails_before_training(argv, tmp_path / "runs", capsys)
+    assert line == "error: model.tokenizer.base_channel: no such option under model.tokenizer (a typo?)"
 
 
 def test_a_resolution_the_stride_does_not_divide(tmp_path, openmoji_shards, capsys):

@@ -42,8 +42,23 @@ class ShortErrors:
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {one_line(message)}\nsee `{prog} --help`\n")
+        sys.stderr.write(f"error: {short_parse_error(message)}\nsee `{prog} --help`\n")
         self.exit(2)
+
+
+def short_parse_error(message: str) -> str:
+    """jsonargparse's error on one line; for an unknown option inside a nested config (a dataclass or a
+    class behind a Union, such as ``--model.tokenizer.base_channel``), just the key and the option instead of
+    the list of Union subtypes and the value that was given."""
+    import re
+
+    text = one_line(message)
+    key = re.search(r'Parser key "([^"]+)"', text)
+    options = re.findall(r"Option '([^']+)' is not accepted", text)
+    if key and options:
+        unknown = ", ".join(dict.fromkeys(f"{key.group(1)}.{o}" for o in options))
+        return f"{unknown}: no such option under {key.group(1)} (a typo?)"
+    return text
 
 
 @functools.cache
