@@ -28,7 +28,7 @@ import signal
 import sys
 from typing import Any
 
-from .common import DEBUG_ENV, debug_enabled, one_line
+from .common import DEBUG_ENV, debug_enabled, one_line, show_warning
 
 #: group → ("module:function" called with the remaining argv, one-line help).
 GROUPS: dict[str, tuple[str, str]] = {
@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--debug"]:
         argv = argv[1:]
         os.environ[DEBUG_ENV] = "1"  # also seen by the parsers and by processes this one starts
+    import warnings
+
+    python_format = warnings.showwarning
+    if not debug_enabled():
+        warnings.showwarning = show_warning  # "warning: …" lines, as the toolkit's own
     try:
         run(argv)
     except SystemExit as err:
@@ -156,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {one_line(str(err)) or type(err).__name__}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        warnings.showwarning = python_format
 
 
 def _is_dead_worker(err: BaseException) -> bool:

@@ -24,6 +24,19 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+#: The texts of the warnings ``show_warning`` printed in this process (so a record's list of warnings does not
+#: print them a second time).
+SHOWN_WARNINGS: set[str] = set()
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` of the command line: ``warning: <message>`` on one line of stderr, without the
+    source file and line of the code that warned (``--debug`` keeps Python's own format)."""
+    text = one_line(str(message))
+    SHOWN_WARNINGS.add(text)
+    print(f"warning: {text}", file=file if file is not None else sys.stderr)
+
+
 def one_line(message: str) -> str:
     """``message`` with its line breaks and runs of spaces folded into single spaces."""
     return " ".join(str(message).split())

@@ -50,8 +50,11 @@ def print_record(record: dict) -> None:
     for key, value in record.get("metrics", {}).items():
         if isinstance(value, str):
             print(f"{key}: {value}")
+    from .common import SHOWN_WARNINGS, one_line
+
     for w in record.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
+        if one_line(w) not in SHOWN_WARNINGS:  # not printed already when it was raised
+            print(f"warning: {w}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> Any:

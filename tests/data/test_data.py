@@ -635,6 +635,12 @@ def test_cli_help_and_folder_run(tmp_path: Path, capsys: pytest.CaptureFixture[s
         read_manifest(tmp_path / "out")["counts"]["train"] + read_manifest(tmp_path / "out")["counts"]["val"]
         == 3
     )
+    # A warning reads as the toolkit's own line, not Python's "FILE:LINE: UserWarning: …" with a code line.
+    (images / "broken.jpg").write_bytes(b"not an image")
+    main(["data", "folder", "--images", str(images), "--out", str(tmp_path / "out2"), "--resolution", "16"])
+    err = capsys.readouterr().err
+    assert "warning: skipped 1 unreadable image(s)" in err and "broken.jpg" in err
+    assert "UserWarning" not in err and ".py:" not in err
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
