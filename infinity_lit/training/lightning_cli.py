@@ -262,6 +262,30 @@ def resume_conflicts(requested: Any, resumed: Any) -> list[str]:
     ]
 
 
+def _warn_on_new_step_budget(run: Path | None, max_steps: Any) -> None:
+    """Warn when a resumed fit's ``trainer.max_steps`` differs from the one in its run's ``config.yaml`` (the
+    command that ran last): a schedule that follows ``max_steps`` (the cosine decay without
+    ``decay_steps``) changes course from the resumed step on."""
+    config = run / "config.yaml" if run is not None else None
+    if config is None or not config.is_file() or max_steps is None:
+        return
+    import yaml
+
+    try:
+        before = (
+            (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("trainer", {}).get("max_steps")
+        )
+    except (OSError, yaml.YAMLError, AttributeError):
+        return
+    if isinstance(before, int) and before != max_steps and max_steps > 0:
+        warnings.warn(
+            f"resuming with trainer.max_steps {max_steps}, the run last ran with {before} ({config}): a learning "
+            "rate schedule that follows max_steps (the cosine decay without decay_steps) changes from this "
+            "step on; set model.optimizer.decay_steps to keep it",
+            stacklevel=2,
+        )
+
+
 def _own_value_error(err: BaseException) -> ValueError | None:
     """The ``ValueError`` raised by this package's own code among ``err`` and its causes, if any."""
     seen: set[int] = set()
@@ -330,8 +354,9 @@ class RunCLI(LightningCLI):
         if requested is None or not section.get("ckpt_path"):
             return
         conflicts = resume_conflicts(requested, self.config[subcommand].get("model"))
+        run = runs.run_of_checkpoint(section.ckpt_path)
+        _warn_on_new_step_budget(run, section.get("trainer.max_steps"))
         if conflicts:
-            run = runs.run_of_checkpoint(section.ckpt_path)
             own = f"--config {run / 'config.yaml'}" if run is not None else "the config it was trained with"
             shown = "; ".join(conflicts[:4]) + (
                 f"; and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""

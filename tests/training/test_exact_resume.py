@@ -237,7 +237,8 @@ def test_a_resume_that_asks_for_other_model_settings_is_refused(
     assert f"--config {tmp_path / 'runs' / 'run' / 'config.yaml'}" in err
     assert _load(last)["global_step"] == 3  # nothing trained, nothing rewritten
     relative = os.path.relpath(tiny_tokenizer_ckpt)
-    resumed = train.generator([*args, "--model.tokenizer_checkpoint", relative])
+    with pytest.warns(UserWarning, match="resuming with trainer.max_steps 6, the run last ran with 3"):
+        resumed = train.generator([*args, "--model.tokenizer_checkpoint", relative])
     assert resumed.trainer.global_step == 6
 
 
