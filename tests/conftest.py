@@ -153,10 +153,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     import faulthandler
     import multiprocessing
     import os
+    import signal
     import sys
     import threading
 
-    for child in multiprocessing.active_children():
+    children = multiprocessing.active_children()
+    if children:
+        # torch's DataLoader handler of SIGCHLD would raise in this process for a worker killed here.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
         print(
             f"conftest: ending child process {child.name} (pid {child.pid}) left by a test", file=sys.stderr
         )

@@ -160,8 +160,13 @@ def _refusal(model: str, argv: list[str], capsys) -> str:
 
 
 def _fake_checkpoint(path: Path) -> Path:
+    """A stand-in for a tokenizer fit's checkpoint: the recipe's tokenizer settings as its hyper-parameters
+    (what ``--ckpt_path`` checks: the kind of model, and that the command asks for the same settings)."""
+    import yaml
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": {}}, path)
+    tokenizer = yaml.safe_load(RECIPE.read_text())["model"]["tokenizer"]
+    torch.save({"hyper_parameters": {"tokenizer": tokenizer}}, path)
     return path
 
 
