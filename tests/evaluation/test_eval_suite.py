@@ -321,6 +321,23 @@ def _random_pngs(folder: Path, names: list[str], seed: int = 0, size: int = 32) 
     return images
 
 
+def _fake_inception(monkeypatch) -> list[int]:
+    """Replace Inception in ``scoring`` by per-image channel means and standard deviations ((N, 6) float64);
+    returns the list of batch sizes it is called with (empty while features come from the cache)."""
+
+    def features(_model, batch, _batch_size=50):
+        x = batch.double()
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+    seen: list[int] = []
+    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
+    monkeypatch.setattr(
+        "infinity_lit.evaluation.scoring.inception_features",
+        lambda m, b, bs=50: seen.append(len(b)) or features(m, b, bs),
+    )
+    return seen
+
+
 def test_eval_score_skips_and_records_unreadable_reference_images(tmp_path, monkeypatch):
     """A truncated JPEG in a reference sub-folder used to crash ``eval score`` without naming the file.
 
@@ -329,16 +346,7 @@ def test_eval_score_skips_and_records_unreadable_reference_images(tmp_path, monk
     """
     from infinity_lit.evaluation.scoring import score_generated
 
-    def features(_model, batch, _batch_size=50):
-        x = batch.double()
-        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)  # (N, 6) float64
-
-    seen: list[int] = []
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
-    monkeypatch.setattr(
-        "infinity_lit.evaluation.scoring.inception_features",
-        lambda m, b, bs=50: seen.append(len(b)) or features(m, b, bs),
-    )
+    seen = _fake_inception(monkeypatch)
     gen = tmp_path / "samples"
     _random_pngs(gen, ["000000.png", "000001.png", "000002.png"], seed=1)
     ref = tmp_path / "reference"
@@ -367,16 +375,7 @@ def test_the_feature_cache_follows_the_pixels_not_the_file_names_and_times(tmp_p
 
     from infinity_lit.evaluation.scoring import score_generated
 
-    def features(_model, batch, _batch_size=50):
-        x = batch.double()
-        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)  # (N, 6) float64
-
-    seen: list[int] = []
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
-    monkeypatch.setattr(
-        "infinity_lit.evaluation.scoring.inception_features",
-        lambda m, b, bs=50: seen.append(len(b)) or features(m, b, bs),
-    )
+    seen = _fake_inception(monkeypatch)
     rng = np.random.default_rng(0)
 
     def save(path: Path) -> None:  # uncompressed: the file size depends on the image size alone
