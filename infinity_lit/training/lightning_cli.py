@@ -200,7 +200,7 @@ def quiet_lightning() -> None:
 def check_ckpt_path(ckpt_path: str, kind: CheckpointKind | None = None) -> None:
     """Stop with one line (``_user_error``) unless ``ckpt_path`` is a checkpoint file that loads
     (``infinity_lit.checkpoints.load_file``) and, with ``kind``, is one of that model's
-    (``checkpoints.read_checkpoint``), before Lightning reads it: its errors for a missing, truncated or
+    (``checkpoints.check_kind``, on the content read once), before Lightning reads it: its errors for a missing, truncated or
     non-checkpoint file are a traceback ending in e.g. ``KeyError: 101``, and another model's checkpoint
     fails on its hyper-parameters with an error about options."""
     what = "--ckpt_path checkpoint"
