@@ -2,6 +2,7 @@
 
     infinity-lit data openmoji --out DIR [--resolution 64]
     infinity-lit data folder --images DIR [--captions FILE.jsonl] --out DIR [--resolution 256]
+                             [--aspect_ratios all|0.5,1,2 --stride 16]
 
 Both print a summary and leave ``DIR/manifest.json`` describing the build. The options are the builders'
 signatures (``infinity_lit.data.build_openmoji_shards`` / ``build_folder_shards``).
@@ -20,6 +21,11 @@ def _summary(manifest: dict[str, Any], out: str) -> str:
         f"({len(manifest['splits']['train']['shards'])} + {len(manifest['splits']['val']['shards'])} shards)",
         f"skipped {skipped['count']} ({reasons})",
     ]
+    for name, bucket in (manifest.get("buckets") or {}).items():
+        h, w = bucket["size"]
+        lines.append(
+            f"  aspect ratio {name}: {h}x{w} px, {bucket['counts']['train']} train + {bucket['counts']['val']} val"
+        )
     empty = [s for s in ("train", "val") if not counts[s]]
     if empty and any(counts.values()):
         lines.append(

@@ -42,14 +42,14 @@ from infinity_lit.data.shards import (
     raw_samples,
     read_manifest,
     rebuild_hint,
-    resize_center_crop,
+    resize_cover_crop,
     skipped_name,
     split_shards,
     strict_hint,
 )
 from infinity_lit.training.seeding import run_seed
 
-__all__ = ["ShardDataModule", "ShardDataset"]
+__all__ = ["BucketedShardDataset", "ShardDataModule", "ShardDataset"]
 
 Batch = dict[str, Any]
 
@@ -77,6 +77,8 @@ class ShardDataset(IterableDataset):
         seed: seed of the shard permutation and buffer shuffling (with the epoch).
         strict: raise at the first undecodable image or damaged shard instead of skipping.
         shard_split_min: split by whole shards only when every global worker gets at least this many.
+        bucket: read only the shards of this aspect-ratio bucket of the data set (``data folder
+            --aspect_ratios``), yielding images of its size instead of ``resolution``².
 
     Skipped samples. A sample whose image fails to decode, and each sample lost in a damaged shard (a
     truncated file, a corrupt tar header, a file that cannot be opened: ``shards.raw_samples``), is skipped
@@ -112,9 +114,11 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         strict: bool = False,
         shard_split_min: int = 16,
+        bucket: str | None = None,
     ) -> None:
         super().__init__()
         self.resolution = check_resolution(resolution)
+        self.bucket = bucket
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -125,7 +129,12 @@ class ShardDataset(IterableDataset):
             )
         self.data_dir = Path(data_dir)
         self.split = split
-        self.shards = split_shards(self.data_dir, split)
+        manifest = read_manifest(self.data_dir) if bucket is not None else None
+        self.shards = split_shards(self.data_dir, split, manifest, bucket=bucket)
+        #: (height, width) of the images yielded: the bucket's size, else resolution².
+        self.size: tuple[int, int] = (
+            tuple(manifest["buckets"][bucket]["size"]) if manifest is not None else (resolution, resolution)
+        )
         self.num_samples = sum(count for _, count in self.shards)
         if self.num_samples == 0:
             raise ValueError(
@@ -274,7 +283,7 @@ class ShardDataset(IterableDataset):
                     ) from exc
                 continue
             failures_in_a_row = 0
-            yield key, image_to_uint8(resize_center_crop(image, self.resolution)), caption, raw_count
+            yield key, image_to_uint8(resize_cover_crop(image, self.size)), caption, raw_count
 
     def _batches(
         self,
@@ -298,8 +307,9 @@ class ShardDataset(IterableDataset):
                 "key": list(keys),
                 # ``SHARD/KEY`` of the samples skipped while this batch was filled (``log_skipped_samples``).
                 SKIPPED: skipped,
-                # (global worker, raw samples passed, samples yielded) after this batch, for resuming.
-                POSITION: (global_worker, raw_counts[-1], yielded),
+                # (global worker, raw samples passed, samples yielded[, bucket]) after this batch, for resuming.
+                POSITION: (global_worker, raw_counts[-1], yielded)
+                + ((self.bucket,) if self.bucket is not None else ()),
             }
 
     def __iter__(self) -> Iterator[Batch]:
@@ -320,17 +330,138 @@ class ShardDataset(IterableDataset):
         items = islice(self._decoded(raw, worker_id, raw_offset=passed), total - yielded)
         batches = self._batches(items, partial=False, global_worker=global_worker, yielded=yielded)
         done = int(resume.get("batches") or 0) if position is None else 0
-        if done:
-            # Batches are dealt to the local workers in turn: worker w made the (i·W + w)-th ones.
-            workers = max(1, self.num_workers)
-            batches = islice(batches, -(-(done - worker_id) // workers) if done > worker_id else 0, None)
+        return _drop_dealt(batches, done, worker_id, max(1, self.num_workers))
+
+
+def _drop_dealt(batches: Iterator[Batch], done: int, worker_id: int, workers: int) -> Iterator[Batch]:
+    """``batches`` of local worker ``worker_id`` without those among the first ``done`` of its rank:
+    batches are dealt to the local workers in turn, worker w made the (i·W + w)-th ones."""
+    if done <= worker_id:
         return batches
+    return islice(batches, -(-(done - worker_id) // workers), None)
+
+
+class BucketedShardDataset(IterableDataset):
+    """Batches of one split of an aspect-ratio-bucketed shard directory (``data folder --aspect_ratios``):
+    every batch holds images of one bucket, (B, 3, h, w) at the bucket's size.
+
+    One ``ShardDataset`` per bucket does the reading, splitting and resuming (see the module docstring):
+    each bucket yields per epoch what a data set of its samples alone would (training: ⌊n_bucket / N⌋
+    samples per global worker in full batches, so a bucket with fewer than N × batch_size training samples
+    gives none and is warned about; validation: each sample once, partial batches kept). Training
+    interleaves the buckets' batches in an order drawn per epoch and local worker from ``seed``, the same
+    on every rank, so all ranks run one bucket at a step and equally many steps. Validation goes bucket by
+    bucket in ascending aspect ratio.
+
+    Arguments as ``ShardDataset`` (without ``bucket``); ``resolution`` is only checked, the sizes come from
+    the manifest. Attributes: ``buckets`` (name → its ``ShardDataset``, ascending h/w, only buckets with data
+    for this split), ``epoch``, ``resume``, ``skipped_samples`` as ``ShardDataset``.
+
+    Raises:
+        ValueError: as ``ShardDataset``; no bucket has enough samples for one training batch per worker.
+    """
+
+    def __init__(
+        self, data_dir: str | Path, split: str, resolution: int, batch_size: int, **kwargs: Any
+    ) -> None:
+        super().__init__()
+        self.data_dir, self.split, self.train = Path(data_dir), split, bool(kwargs["train"])
+        manifest = read_manifest(self.data_dir)
+        self.buckets: dict[str, ShardDataset] = {}
+        too_small: list[str] = []
+        for name, info in sorted(manifest["buckets"].items(), key=lambda kv: kv[1]["aspect_ratio"]):
+            if not info["counts"].get(split):
+                continue
+            try:
+                self.buckets[name] = ShardDataset(
+                    data_dir, split, resolution, batch_size, bucket=name, **kwargs
+                )
+            except ValueError as exc:
+                if not self.train or "fewer than one batch" not in str(exc):
+                    raise
+                too_small.append(f"{name} ({info['counts'][split]} samples)")
+        if not self.buckets:
+            raise ValueError(
+                f"no aspect-ratio bucket of the {split!r} split of {str(data_dir)!r} has enough samples for one "
+                f"batch of {batch_size} per worker: {', '.join(too_small) or 'none has samples'}; lower "
+                "batch_size or num_workers, or build the data set with fewer --aspect_ratios"
+            )
+        if too_small:
+            warnings.warn(
+                f"aspect-ratio buckets {', '.join(too_small)} of the {split!r} split hold fewer samples than one "
+                f"batch of {batch_size} per worker and are not trained on",
+                stacklevel=2,
+            )
+        first = next(iter(self.buckets.values()))
+        self.batch_size, self.num_workers, self.world_size = batch_size, first.num_workers, first.world_size
+        self.rank, self.seed = first.rank, first.seed
+        self.epoch = 0
+        #: Where the next training pass starts (as ``ShardDataset.resume``; positions keyed by
+        #: (global worker, bucket)).
+        self.resume: dict[str, Any] | None = None
+
+    @property
+    def skipped_samples(self) -> int:
+        return sum(d.skipped_samples for d in self.buckets.values())
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.buckets.values())
+
+    def _order(self, worker_id: int, global_worker: int) -> list[str]:
+        order = [name for name, d in self.buckets.items() for _ in range(d.batches_per_worker(global_worker))]
+        random.Random(f"buckets:{self.seed}:{self.epoch}:{worker_id}").shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker_id = 0 if info is None else info.id
+        global_worker = worker_id * self.world_size + self.rank
+        for d in self.buckets.values():
+            d.epoch = self.epoch
+        if not self.train:
+            return (batch for d in self.buckets.values() for batch in iter(d))
+        return self._train_batches(worker_id, global_worker)
+
+    def _train_batches(self, worker_id: int, global_worker: int) -> Iterator[Batch]:
+        resume = self.resume or {}
+        positions = resume.get("positions") or {}
+        streams: dict[str, Iterator[Batch]] = {}
+        consumed: dict[str, int] = {}
+        for name, d in self.buckets.items():
+            position = positions.get((global_worker, name))
+            d.resume = {"positions": {global_worker: position}} if position is not None else None
+            consumed[name] = int(position[1]) // self.batch_size if position is not None else 0
+            streams[name] = d._train_batches(worker_id, global_worker)
+            d.resume = None
+        order = self._order(worker_id, global_worker)
+        if any(consumed.values()):  # resume from positions: pass over the batches already yielded
+            left = []
+            for name in order:
+                if consumed[name]:
+                    consumed[name] -= 1
+                else:
+                    left.append(name)
+            order = left
+        batches = (next(streams[name]) for name in order)
+        own = any(key[0] == global_worker for key in positions)
+        done = int(resume.get("batches") or 0) if not own else 0
+        return _drop_dealt(batches, done, worker_id, max(1, self.num_workers))
 
 
 #: Batch key holding (global worker, raw samples passed, samples yielded) after the batch (training data).
 POSITION = "position"
 #: Batch key holding the ``SHARD/KEY`` names of the samples skipped while the batch was filled.
 SKIPPED = "skipped"
+
+
+def _format_key(key: int | tuple[int, str]) -> str:
+    # A state's position key: "GLOBAL_WORKER", or "GLOBAL_WORKER@BUCKET" for a bucketed data set.
+    return f"{key[0]}@{key[1]}" if isinstance(key, tuple) else str(key)
+
+
+def _parse_key(text: str) -> int | tuple[int, str]:
+    worker, sep, bucket = str(text).partition("@")
+    return (int(worker), bucket) if sep else int(worker)
 
 
 class _EpochDataLoader(DataLoader):
@@ -355,6 +486,7 @@ class _EpochDataLoader(DataLoader):
         self._passes = 0
         self._state: dict[str, Any] = {}
         self._pending: dict[str, Any] | None = None
+        self._workers: Any = None
 
     def __iter__(self):  # type: ignore[override]
         dataset: ShardDataset = self.dataset  # type: ignore[assignment]
@@ -363,17 +495,19 @@ class _EpochDataLoader(DataLoader):
         self._passes += 1
         pending, self._pending = self._pending, None
         resume = pending if pending is not None and pending.get("epoch") == epoch and dataset.train else None
-        positions = {int(k): tuple(v) for k, v in ((resume or {}).get("positions") or {}).items()}
+        positions = {_parse_key(k): tuple(v) for k, v in ((resume or {}).get("positions") or {}).items()}
         self._state = {
             "epoch": epoch,
             "batches": int((resume or {}).get("batches") or 0),
             "positions": positions,
         }
         dataset.resume = {"batches": self._state["batches"], "positions": positions} if resume else None
+        self.close()
         try:
             iterator = super().__iter__()  # the workers take their copy of the dataset here
         finally:
             dataset.resume = None
+        self._workers = iterator
         workers = max(1, dataset.num_workers)
         if resume and self._state["batches"] % workers:
             # The DataLoader asks its workers in turn from worker 0; an uninterrupted pass would ask the
@@ -401,17 +535,29 @@ class _EpochDataLoader(DataLoader):
                 return
             turn = (turn + 1) % workers
 
+    def close(self) -> None:
+        """End the worker processes of the current pass, if any (a pass that ran to its end has none left;
+        one abandoned, e.g. by an exception in the training step, may keep them until garbage collection)."""
+        workers, self._workers = getattr(self, "_workers", None), None
+        shutdown = getattr(workers, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
     def _tracked(self, iterator: Iterator[Batch], skipped_before: int) -> Iterator[Batch]:
         """The batches, noting positions; raises ``ValueError`` if a pass skipped samples and yielded none."""
         dataset: ShardDataset = self.dataset  # type: ignore[assignment]
         batches = 0
-        for batch in iterator:
-            position = batch.get(POSITION) if isinstance(batch, dict) else None
-            if position is not None:
-                self._state["positions"][int(position[0])] = (int(position[1]), int(position[2]))
-            self._state["batches"] += 1
-            batches += 1
-            yield batch
+        try:
+            for batch in iterator:
+                position = batch.get(POSITION) if isinstance(batch, dict) else None
+                if position is not None:
+                    key = int(position[0]) if len(position) == 3 else (int(position[0]), str(position[3]))
+                    self._state["positions"][key] = (int(position[1]), int(position[2]))
+                self._state["batches"] += 1
+                batches += 1
+                yield batch
+        finally:
+            self.close()
         skipped = dataset.skipped_samples - skipped_before
         if batches == 0 and skipped:
             raise ValueError(
@@ -423,7 +569,7 @@ class _EpochDataLoader(DataLoader):
         """``{"epoch", "batches", "positions"}`` of the current pass (empty before the first)."""
         if not self._state:
             return {}
-        positions = {str(k): list(v) for k, v in self._state["positions"].items()}
+        positions = {_format_key(k): list(v) for k, v in self._state["positions"].items()}
         return {"epoch": self._state["epoch"], "batches": self._state["batches"], "positions": positions}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -436,8 +582,8 @@ class ShardDataModule(L.LightningDataModule):
 
     Batches are ``{"image": float32 (B, 3, resolution, resolution) in [-1, 1], "caption": list[str],
     "key": list[str], "position": …}`` (``ShardDataset``); images are resized (shorter side, antialiased
-    bicubic) and centre-cropped to
-    ``resolution``. Train batches are shuffled and equal in number on every rank; validation and test
+    bicubic) and centre-cropped to ``resolution``, or, on a data set of aspect-ratio buckets, batched by
+    bucket at the bucket's size (``BucketedShardDataset``). Train batches are shuffled and equal in number on every rank; validation and test
     (both the "val" split) visit each sample exactly once per epoch across ranks and workers. Splitting
     across DDP ranks and DataLoader workers is done here (see ``infinity_lit.data.datamodule``), so
     Lightning's distributed sampler is not involved.
@@ -460,6 +606,9 @@ class ShardDataModule(L.LightningDataModule):
             (``seed_everything``, ``training.seeding.run_seed``), so two seeds give two data orders.
         val_batch_size: validation/test batch size per rank; ``None`` uses ``batch_size``.
         pin_memory: pin batches in page-locked memory when CUDA is available.
+        aspect_ratio_buckets: on a data set built with aspect-ratio buckets (``data folder --aspect_ratios``),
+            batch by bucket, each batch (B, 3, h, w) at its bucket's size (``BucketedShardDataset``); False
+            crops every image to ``resolution``² instead. A square data set is unaffected.
 
     Raises:
         ValueError: bad resolution or sizes. FileNotFoundError (at ``setup``): no data folder, or no shards
@@ -479,6 +628,7 @@ class ShardDataModule(L.LightningDataModule):
         seed: int | None = None,
         val_batch_size: int | None = None,
         pin_memory: bool = True,
+        aspect_ratio_buckets: bool = True,
     ) -> None:
         super().__init__()
         check_resolution(resolution)
@@ -496,8 +646,10 @@ class ShardDataModule(L.LightningDataModule):
         self.strict = strict
         self.seed = seed
         self.pin_memory = pin_memory
+        self.aspect_ratio_buckets = aspect_ratio_buckets
         self.manifest: dict[str, Any] | None = None
-        self._datasets: dict[str, ShardDataset] = {}
+        self._datasets: dict[str, ShardDataset | BucketedShardDataset] = {}
+        self._loaders: dict[str, _EpochDataLoader] = {}
         self._skipped_before: dict[str, int] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -527,7 +679,8 @@ class ShardDataModule(L.LightningDataModule):
             self._skipped_before[name] = (
                 self._skipped_before.get(name, 0) + self._datasets[name].skipped_samples
             )
-        dataset = ShardDataset(
+        bucketed = self.aspect_ratio_buckets and bool(self.manifest.get("buckets"))
+        dataset = (BucketedShardDataset if bucketed else ShardDataset)(
             self.data_dir,
             split,
             self.resolution,
@@ -541,12 +694,20 @@ class ShardDataModule(L.LightningDataModule):
             strict=self.strict,
         )
         self._datasets[name] = dataset
-        return _EpochDataLoader(
+        loader = _EpochDataLoader(
             dataset,
             self._epoch_fn,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
+        self._loaders[name] = loader
+        return loader
+
+    def teardown(self, stage: str) -> None:
+        """End the DataLoader workers of every pass still open (a fit that ended by an exception)."""
+        for loader in self._loaders.values():
+            loader.close()
+        super().teardown(stage)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; ``len()`` = batches per rank per epoch (equal on all ranks)."""

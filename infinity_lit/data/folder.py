@@ -3,7 +3,8 @@
 Images are found recursively and read to RGB by ``infinity_lit.data.images`` (``find_images``,
 ``load_rgb``: png, jpg/jpeg, webp, bmp, gif, tif/tiff; EXIF orientation applied, 16-bit samples scaled to
 8 bits, transparency composited onto white), resized (shorter side, antialiased bicubic) and centre-cropped
-to a square, and stored as PNG. Captions come from a JSON-lines file of ``{"image": path, "caption": text}``
+to a square, or, with aspect-ratio buckets, to the size of the bucket nearest to the image's h/w, and stored
+as PNG. Captions come from a JSON-lines file of ``{"image": path, "caption": text}``
 (paths relative to the image folder, or absolute) or, for images it does not list, from a sidecar
 ``name.txt`` beside ``name.png``; an image with neither gets an empty caption and is counted. Unreadable
 images are skipped, named in one warning, counted and listed in the manifest.
@@ -19,6 +20,7 @@ import time
 import unicodedata
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +40,75 @@ from infinity_lit.data.shards import (
     evenly_spaced,
     make_manifest,
     remove_shards,
-    resize_center_crop,
+    resize_cover_crop,
     reusable_manifest,
     save_grid,
     split_of,
     write_manifest,
 )
 
-__all__ = ["build_folder_shards", "read_captions_jsonl"]
+__all__ = ["bucket_name", "build_folder_shards", "nearest_bucket", "read_captions_jsonl", "template_buckets"]
+
+#: An aspect-ratio bucket: (h/w, (height, width) in pixels).
+Bucket = tuple[float, tuple[int, int]]
+
+
+def bucket_name(aspect_ratio: float) -> str:
+    """The name of a bucket in the manifest and the shards: the aspect ratio h/w as ``%g`` ("0.5", "1.333")."""
+    return f"{aspect_ratio:g}"
+
+
+def nearest_bucket(buckets: Sequence[Bucket], height: int, width: int) -> Bucket:
+    """The bucket whose aspect ratio is nearest to ``height / width`` (absolute difference, as the method
+    assigns an image to a template; a tie goes to the smaller ratio)."""
+    return min(buckets, key=lambda b: (abs(b[0] - height / width), b[0]))
+
+
+def template_buckets(aspect_ratios: str | Sequence[float], resolution: int, stride: int) -> list[Bucket]:
+    """The buckets of ``build_folder_shards(aspect_ratios=…)``: (template h/w, (height, width) pixels),
+    ascending; see its ``aspect_ratios`` argument.
+
+    Raises:
+        ValueError: a ratio that is no template (the message lists them), a repeated one, an empty list, or
+            ``resolution / stride`` that is no side of the method's square schedule (1, 2, 4, 6, 8, 12, 16, …).
+    """
+    # The templates are the quantizer's (one home); imported here so that square builds start without torch.
+    from infinity_lit.quantizer.schedules import (
+        ASPECT_RATIOS,
+        REFERENCE_SIDES,
+        aspect_ratio_schedule,
+        nearest_aspect_ratio,
+    )
+
+    if stride < 1 or resolution % stride or resolution // stride not in REFERENCE_SIDES:
+        raise ValueError(
+            f"aspect-ratio buckets need resolution / stride to be a side of the method's square schedule "
+            f"{', '.join(map(str, REFERENCE_SIDES))}; got {resolution} / {stride}"
+        )
+    num_scales = REFERENCE_SIDES.index(resolution // stride) + 1
+    if isinstance(aspect_ratios, str):
+        text = aspect_ratios.strip()
+        if text == "all":
+            ratios: list[float] = list(ASPECT_RATIOS)
+        else:
+            try:
+                ratios = [float(v) for v in text.split(",") if v.strip()]
+            except ValueError as exc:
+                raise ValueError(
+                    f"aspect_ratios must be 'all' or numbers such as '0.5,1,2', got {text!r}"
+                ) from exc
+    else:
+        ratios = [float(v) for v in aspect_ratios]
+    buckets: dict[float, tuple[int, int]] = {}
+    for ratio in ratios:
+        h, w = aspect_ratio_schedule(ratio, num_scales)[-1]  # raises for a ratio that is no template
+        template = nearest_aspect_ratio(ratio)
+        if template in buckets:
+            raise ValueError(f"aspect ratio {ratio:g} is given twice (template {template:g})")
+        buckets[template] = (h * stride, w * stride)
+    if not buckets:
+        raise ValueError("aspect_ratios is empty; give 'all' or a list such as '0.5,1,2'")
+    return sorted(buckets.items())
 
 
 def read_captions_jsonl(path: Path, images: Path) -> dict[Path, str]:
@@ -105,6 +168,8 @@ def build_folder_shards(
     val_fraction: float = 0.05,
     shard_size: int = 256,
     progress: bool = True,
+    aspect_ratios: str | Sequence[float] | None = None,
+    stride: int = 16,
 ) -> dict[str, Any]:
     """Convert a folder of images (and captions) into webdataset shards in ``out``.
 
@@ -125,6 +190,15 @@ def build_folder_shards(
         val_fraction: expected fraction of images in the validation split (hash of the key).
         shard_size: maximum samples per shard.
         progress: show a tqdm progress bar.
+        aspect_ratios: keep the images' shapes in aspect-ratio buckets: ``"all"`` (the method's 15
+            templates, h/w from 1/3 to 3) or a list of template ratios (``"0.5,1,2"``; 4/3 is ``1.333``).
+            Each image is resized to cover the size of the bucket nearest its h/w (``nearest_bucket``) and
+            centre-cropped to it, in shards of that bucket (``infinity_lit.data.shards``). A bucket's size is
+            the last grid of its template's scale schedule (``quantizer.template_schedule``) with as many
+            scales as the square schedule of ``resolution / stride`` has, times ``stride``: at 64 px and
+            stride 8, 40×80 for h/w = 0.5, 64×64 for 1 and 80×40 for 2. The manifest's ``buckets`` gives
+            each bucket's size and counts. None (default): square images of ``resolution``.
+        stride: the tokenizer's downsampling factor, for the bucket sizes (ignored without ``aspect_ratios``).
 
     Returns:
         The manifest dict, with ``skipped`` (reason "unreadable_image"), ``unreadable_images`` (path
@@ -141,6 +215,7 @@ def build_folder_shards(
 
     check_resolution(resolution)
     split_of("", val_fraction)
+    bucket_list = template_buckets(aspect_ratios, resolution, stride) if aspect_ratios is not None else None
     images, out = Path(images), Path(out)
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {str(images)!r} not found")
@@ -167,6 +242,8 @@ def build_folder_shards(
         "shard_size": shard_size,
         "inputs_fingerprint": _fingerprint(inputs),
     }
+    if bucket_list is not None:
+        settings["buckets"] = {bucket_name(r): list(size) for r, size in bucket_list}
     existing = reusable_manifest(out, settings)
     if existing is not None:
         return {**existing, "reused": True}
@@ -180,6 +257,7 @@ def build_folder_shards(
     preview: list[Image.Image] = []
     keys: set[str] = set()
     found = {p.resolve() for p in files}
+    bucket_counts: dict[str, Counter[str]] = {bucket_name(r): Counter() for r, _ in bucket_list or []}
     with ShardSetWriter(out, shard_size) as writer:
         for path in tqdm(files, desc=f"images to {resolution}px shards", unit="image", disable=not progress):
             rel = path.relative_to(images)
@@ -189,8 +267,13 @@ def build_folder_shards(
                 unreadable[rel.as_posix()] = exc.reason
                 continue
             original_size = list(image.size)
-            stats["upscaled"] += min(image.size) < resolution
-            image = resize_center_crop(image, resolution)
+            if bucket_list is None:
+                bucket, size = None, (resolution, resolution)
+            else:
+                ratio, size = nearest_bucket(bucket_list, image.size[1], image.size[0])
+                bucket = bucket_name(ratio)
+            stats["upscaled"] += image.size[0] < size[1] or image.size[1] < size[0]
+            image = resize_cover_crop(image, size)
             resolved = path.resolve()
             if resolved in jsonl:
                 caption, caption_source = jsonl[resolved], "jsonl"
@@ -211,7 +294,11 @@ def build_folder_shards(
                 "original_size": original_size,
                 "caption_source": caption_source,
             }
-            writer.write(split_of(key, val_fraction), key, encode_png(image), caption, meta)
+            split = split_of(key, val_fraction)
+            if bucket is not None:
+                meta["bucket"] = bucket
+                bucket_counts[bucket][split] += 1
+            writer.write(split, key, encode_png(image), caption, meta, bucket=bucket)
 
     report_unreadable(unreadable, len(files) - len(unreadable), images)
     orphans = sorted(set(jsonl) - found)
@@ -230,6 +317,18 @@ def build_folder_shards(
         command += ["--val_fraction", str(val_fraction)]
     if shard_size != 256:
         command += ["--shard_size", str(shard_size)]
+    extra: dict[str, Any] = {}
+    if bucket_list is not None:
+        command += ["--aspect_ratios", ",".join(bucket_name(r) for r, _ in bucket_list)]
+        command += ["--stride", str(stride)]
+        extra["buckets"] = {
+            bucket_name(r): {
+                "aspect_ratio": r,
+                "size": list(size),
+                "counts": {split: bucket_counts[bucket_name(r)][split] for split in ("train", "val")},
+            }
+            for r, size in bucket_list
+        }
     manifest = make_manifest(
         source="folder",
         resolution=resolution,
@@ -244,6 +343,7 @@ def build_folder_shards(
         upscaled=stats["upscaled"],
         captions_without_image=len(orphans),
         build_seconds=round(time.perf_counter() - start, 2),
+        **extra,
     )
     write_manifest(out, manifest)
     return {**manifest, "reused": False}

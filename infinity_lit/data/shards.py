@@ -9,7 +9,13 @@ A data directory holds webdataset tar shards and a manifest::
     DIR/ATTRIBUTION.md                              where the source requires it (OpenMoji)
 
 ``{key}.png`` is an RGB image (uint8, square, the manifest's resolution), ``{key}.txt`` the UTF-8 caption
-(possibly empty), ``{key}.json`` per-sample metadata. Keys contain no dots (webdataset splits a member name
+(possibly empty), ``{key}.json`` per-sample metadata.
+
+Aspect-ratio buckets (``data folder --aspect_ratios``): the manifest's ``buckets`` maps a bucket name (the
+template aspect ratio h/w as written, e.g. ``"0.5"``) to ``{"aspect_ratio", "size": [h, w] pixels,
+"counts": {split: n}}``; every image of a bucket is stored at its size, every shard holds one bucket (its
+manifest entry names it, ``"bucket"``) and ``{key}.json`` records ``"bucket"`` too. A data set without
+``buckets`` is square. Keys contain no dots (webdataset splits a member name
 at its first dot). The train/validation split of a sample is a function of its key alone
 (``split_of``), so it does not change when the data set grows or is rebuilt.
 
@@ -51,6 +57,7 @@ __all__ = [
     "read_manifest",
     "rebuild_hint",
     "resize_center_crop",
+    "resize_cover_crop",
     "reusable_manifest",
     "save_grid",
     "shards_digest",
@@ -113,14 +120,25 @@ def resize_center_crop(im: Image.Image, resolution: int) -> Image.Image:
     Returns:
         RGB PIL image of ``resolution``×``resolution`` pixels (the input itself if already that size).
     """
+    return resize_cover_crop(im, (resolution, resolution))
+
+
+def resize_cover_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize (antialiased bicubic, aspect ratio kept) to the smallest size covering ``size`` = (height,
+    width) pixels, then crop the centre to exactly that size.
+
+    Returns:
+        PIL image of ``size`` (the input itself if already that size).
+    """
+    height, width = int(size[0]), int(size[1])
     w, h = im.size
-    if (w, h) == (resolution, resolution):
+    if (w, h) == (width, height):
         return im
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
     im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - resolution) // 2, (nh - resolution) // 2
-    return im.crop((left, top, left + resolution, top + resolution))
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return im.crop((left, top, left + width, top + height))
 
 
 def image_to_uint8(im: Image.Image) -> torch.Tensor:
@@ -148,14 +166,16 @@ def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
 
 
 def save_grid(images: list[Image.Image], path: Path, columns: int = 8) -> None:
-    """Tile equally sized RGB images row by row into one PNG (white where the last row is short)."""
+    """Tile RGB images row by row into one PNG, each centred in a cell of the largest width and height
+    (white around smaller images and where the last row is short)."""
     if not images:
         raise ValueError("no images to tile")
-    w, h = images[0].size
+    w, h = max(im.size[0] for im in images), max(im.size[1] for im in images)
     rows = -(-len(images) // columns)
     grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
     for i, im in enumerate(images):
-        grid.paste(im, ((i % columns) * w, (i // columns) * h))
+        left, top = (i % columns) * w + (w - im.size[0]) // 2, (i // columns) * h + (h - im.size[1]) // 2
+        grid.paste(im, (left, top))
     grid.save(path)
 
 
@@ -166,7 +186,8 @@ class ShardSetWriter:
     """Writes samples into ``{split}-{index:06d}.tar`` shards of at most ``shard_size`` samples each.
 
     Use as a context manager; ``shards`` then lists, per split, ``{"name", "count"}`` for every shard
-    written, in order.
+    written, in order (with ``"bucket"`` for a shard of an aspect-ratio bucket: each bucket fills its own
+    shards, numbered with the split's other shards).
 
     Args:
         out: the data directory (created if missing).
@@ -182,7 +203,8 @@ class ShardSetWriter:
         self.out = Path(out)
         self.shard_size = shard_size
         self.shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-        self._writers: dict[str, Any] = {}
+        self._writers: dict[tuple[str, str | None], Any] = {}
+        self._open: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     def __enter__(self) -> ShardSetWriter:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -191,17 +213,25 @@ class ShardSetWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write(self, split: str, key: str, png: bytes, caption: str, meta: dict[str, Any]) -> None:
-        """Append one sample: ``png`` (encoded PNG bytes), ``caption`` (text), ``meta`` (JSON-able)."""
+    def write(
+        self, split: str, key: str, png: bytes, caption: str, meta: dict[str, Any], bucket: str | None = None
+    ) -> None:
+        """Append one sample: ``png`` (encoded PNG bytes), ``caption`` (text), ``meta`` (JSON-able), in a
+        shard of ``bucket`` (an aspect-ratio bucket's name; None for a square data set)."""
         if "." in key or not key:
             raise ValueError(f"sample keys must be non-empty and contain no '.', got {key!r}")
+        slot = (split, bucket)
         shards = self.shards[split]
-        if split not in self._writers or shards[-1]["count"] >= self.shard_size:
-            self._close_split(split)
+        if slot not in self._writers or self._open[slot]["count"] >= self.shard_size:
+            self._close(slot)
             name = f"{split}-{len(shards):06d}.tar"
-            self._writers[split] = self._wds.TarWriter(str(self.out / name), mtime=_TAR_MTIME)
-            shards.append({"name": name, "count": 0})
-        self._writers[split].write(
+            self._writers[slot] = self._wds.TarWriter(str(self.out / name), mtime=_TAR_MTIME)
+            entry: dict[str, Any] = {"name": name, "count": 0}
+            if bucket is not None:
+                entry["bucket"] = bucket
+            shards.append(entry)
+            self._open[slot] = entry
+        self._writers[slot].write(
             {
                 "__key__": key,
                 "png": png,
@@ -209,16 +239,16 @@ class ShardSetWriter:
                 "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
             }
         )
-        shards[-1]["count"] += 1
+        self._open[slot]["count"] += 1
 
-    def _close_split(self, split: str) -> None:
-        writer = self._writers.pop(split, None)
+    def _close(self, slot: tuple[str, str | None]) -> None:
+        writer = self._writers.pop(slot, None)
         if writer is not None:
             writer.close()
 
     def close(self) -> None:
-        for split in list(self._writers):
-            self._close_split(split)
+        for slot in list(self._writers):
+            self._close(slot)
 
 
 def remove_shards(out: Path) -> None:
@@ -343,18 +373,33 @@ def _count_tar_samples(path: Path) -> int:
 
 
 def split_shards(
-    data_dir: str | Path, split: str, manifest: dict[str, Any] | None = None
+    data_dir: str | Path,
+    split: str,
+    manifest: dict[str, Any] | None = None,
+    bucket: str | None = None,
 ) -> list[tuple[Path, int]]:
-    """The shards of ``split`` as ``(path, sample count)`` pairs, in order.
+    """The shards of ``split`` as ``(path, sample count)`` pairs, in order; with ``bucket``, only those of
+    that aspect-ratio bucket (see the module docstring).
 
     Raises:
-        ValueError: unknown split. FileNotFoundError: no data / no shards for the split.
+        ValueError: unknown split or bucket. FileNotFoundError: no data / no shards for the split.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} (the test split is 'val'), got {split!r}")
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir) if manifest is None else manifest
-    shards = [(data_dir / s["name"], int(s["count"])) for s in manifest["splits"][split]["shards"]]
+    entries = manifest["splits"][split]["shards"]
+    if bucket is not None:
+        buckets = manifest.get("buckets") or {}
+        if bucket not in buckets:
+            raise ValueError(
+                f"the data set in {str(data_dir)!r} has no aspect-ratio bucket {bucket!r} "
+                f"(it has {', '.join(buckets) or 'none: it is square'})"
+            )
+        entries = [s for s in entries if s.get("bucket") == bucket]
+        if not entries:
+            raise FileNotFoundError(f"bucket {bucket!r} of {str(data_dir)!r} has no {split!r} samples")
+    shards = [(data_dir / s["name"], int(s["count"])) for s in entries]
     if not shards:
         others = {s: int(manifest["splits"][s]["count"]) for s in SPLITS if s != split}
         if any(others.values()):
