@@ -276,6 +276,10 @@ def check_kind(path: str | Path, kind: CheckpointKind, content: Any) -> Mapping[
 #: Top-level checkpoint entry naming the frozen stages a model was trained on (``frozen_reference``).
 FROZEN_STAGES = "frozen_stages"
 
+#: Top-level generator checkpoint entry: the scale schedules it was trained on, each a list of [h, w] pairs
+#: (several for a run on aspect-ratio buckets). A checkpoint without it was trained on its config's schedule.
+TRAINED_SCHEDULES = "trained_schedules"
+
 
 def frozen_reference(identity: Mapping[str, Any], owner_dir: str | Path | None = None) -> dict[str, Any]:
     """The record by which a checkpoint names a frozen stage it was trained on (e.g. a generator its

@@ -135,6 +135,40 @@ def tiny_generator_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer
     return write_checkpoint(path, hparams, model.state_dict(), prefix=GENERATOR.prefix)
 
 
+#: (width, height) of the images of ``bucketed_shards`` → the bucket each belongs to among h/w 0.5, 1, 2
+#: (48/60 = 0.8 is nearer 1 than 0.5).
+BUCKET_SHAPES = {(96, 40): "0.5", (50, 50): "1", (30, 70): "2", (60, 48): "1"}
+
+
+@pytest.fixture(scope="session")
+def bucketed_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Shards with aspect-ratio buckets 0.5, 1, 2 at 32 px and stride 8 (the tiny tokenizer's: 16×32, 32×32
+    and 32×16 images), from 12 flat-coloured images of each ``BUCKET_SHAPES`` shape, captioned "shape S
+    number I", 25 % held out, 5 per shard. Returns (data dir, image key → its bucket). Do not modify it."""
+    import numpy as np
+    from PIL import Image
+
+    from infinity_lit.data.folder import build_folder_shards
+
+    root = tmp_path_factory.mktemp("bucketed")
+    (root / "images").mkdir()
+    expected = {}
+    rng = np.random.default_rng(0)
+    for s, ((w, h), bucket) in enumerate(BUCKET_SHAPES.items()):
+        for i in range(12):
+            key = f"img{s}_{i:02d}"
+            Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3))).save(
+                root / "images" / f"{key}.png"
+            )
+            (root / "images" / f"{key}.txt").write_text(f"shape {s} number {i}")
+            expected[key] = bucket
+    build_folder_shards(
+        root / "images", root / "data", 32, aspect_ratios="0.5,1,2", stride=8, val_fraction=0.25,
+        shard_size=5, progress=False,
+    )  # fmt: skip
+    return root / "data", expected
+
+
 # ---------------------------------------------------------------- a clean exit
 
 #: Seconds the interpreter may take to exit once the summary is printed before the watchdog ends it.

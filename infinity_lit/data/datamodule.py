@@ -739,6 +739,17 @@ class ShardDataModule(L.LightningDataModule):
         return sum(self.skipped_by_loader.values())
 
     @property
+    def bucket_sizes(self) -> dict[str, tuple[int, int]]:
+        """(height, width) of each aspect-ratio bucket the batches come in (empty: square batches of
+        ``resolution``)."""
+        if self.manifest is None:
+            self.setup()
+        assert self.manifest is not None
+        if not self.aspect_ratio_buckets:
+            return {}
+        return {name: tuple(b["size"]) for name, b in (self.manifest.get("buckets") or {}).items()}
+
+    @property
     def num_samples(self) -> dict[str, int]:
         """Samples per split according to the manifest."""
         if self.manifest is None:

@@ -274,6 +274,7 @@ def sample_checkpoint(
     device: str = "cpu",
     use_ema: bool = True,
     tokenizer_checkpoint: Path | None = None,
+    aspect_ratio: float | None = None,
 ) -> dict[str, int]:
     """Sample images for prompts with a trained generator into a folder of PNGs + metadata.jsonl.
 
@@ -297,18 +298,23 @@ def sample_checkpoint(
         use_ema: prefer EMA weights in the checkpoint.
         tokenizer_checkpoint: override of the tokenizer path stored in the generator checkpoint (a .ckpt
             or a run folder).
+        aspect_ratio: sample at this aspect ratio h/w, one of the method's templates the generator was
+            trained on (``data folder --aspect_ratios``; e.g. 2.0 gives images twice as high as wide);
+            default: the generator's own (square) schedule.
 
     Returns:
         {"written": n, "skipped": n already present, "total": number of prompts}.
 
     Raises:
-        ValueError: neither or both of ``prompts`` / ``captions_from``, ``num_images`` < 1, or a folder sampled
-            with other settings.
+        ValueError: neither or both of ``prompts`` / ``captions_from``, ``num_images`` < 1, a folder sampled
+            with other settings, or an aspect ratio that is no template or that the generator was not trained
+            on (the message lists those it was).
         FileNotFoundError: no checkpoint (or run folder with a ``checkpoints/last.ckpt``) at ``checkpoint``.
     """
     import torch
 
     from infinity_lit.generator.checkpoint import load_generator
+    from infinity_lit.generator.sampling import check_trained
     from infinity_lit.generator.sampling import sample as generate
     from infinity_lit.runs import resolve_checkpoint
 
@@ -330,6 +336,10 @@ def sample_checkpoint(
     texts = texts[:num_images] if num_images is not None else texts
     device = ranks().device(device)  # several processes on one machine: one GPU each
     gen = load_generator(checkpoint, device, use_ema=use_ema, tokenizer_checkpoint=tokenizer_checkpoint)
+    schedule = None
+    if aspect_ratio is not None:  # refused here, before a folder is made, if the generator cannot sample it
+        schedule = gen.tokenizer.schedule_for_aspect_ratio(aspect_ratio)
+        check_trained(gen.model, schedule)
 
     def sample_fn(batch_prompts: list[str], seeds: list[int]) -> torch.Tensor:
         return generate(
@@ -341,6 +351,7 @@ def sample_checkpoint(
             tau=tau,
             top_p=top_p,
             seed=seeds,
+            schedule=schedule,
         ).images
 
     settings = {
@@ -355,6 +366,7 @@ def sample_checkpoint(
         "cfg": cfg,
         "tau": tau,
         "top_p": top_p,
+        "aspect_ratio": aspect_ratio,
         "prompts": source,
     }
     return sample_to_folder(sample_fn, texts, out, seed=seed, batch_size=batch_size, settings=settings)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from infinity_lit.checkpoints import GENERATOR, TOKENIZER, locate_frozen, read_checkpoint
+from infinity_lit.checkpoints import GENERATOR, TOKENIZER, TRAINED_SCHEDULES, locate_frozen, read_checkpoint
 from infinity_lit.tokenizer import BitwiseTokenizer, load_tokenizer
 
 from .text_encoders import TextEncoder, build_text_encoder
@@ -48,6 +48,8 @@ def load_generator(
 ) -> LoadedGenerator:
     """Rebuild a trained generator from a ``GeneratorModule`` checkpoint (no Lightning import).
 
+    The model's ``trained_schedules`` are those the checkpoint records (``checkpoints.TRAINED_SCHEDULES``;
+    its own schedule for a checkpoint from before they were recorded), so ``sample`` refuses other ones.
     The checkpoint (read by ``infinity_lit.checkpoints``: weights-only) holds the transformer's weights; the
     tokenizer and the text encoder are loaded from the references in it (overridable, e.g. after moving
     files). The tokenizer is looked for beside the checkpoint (the path recorded relative to its folder),
@@ -85,6 +87,9 @@ def load_generator(
     config = config.complete(tokenizer.codebook_dim, tokenizer.scale_schedule, text_encoder.dim)
     model = BitwiseTransformer(config)
     model.load_state_dict(ckpt.weights(use_ema=use_ema))
+    # The schedules it was trained on (several for aspect-ratio buckets; before they were recorded: its own).
+    recorded = ckpt.content.get(TRAINED_SCHEDULES) or [config.scale_schedule]
+    model.trained_schedules = [[(int(h), int(w)) for h, w in t] for t in recorded]
     model.to(map_location).eval().requires_grad_(False)
     return LoadedGenerator(
         model, tokenizer, text_encoder, hp, ckpt.identity(use_ema=use_ema), tokenizer_source.identity()

@@ -51,12 +51,14 @@ from infinity_lit.checkpoints import (
     FROZEN_STAGES,
     GENERATOR,
     TOKENIZER,
+    TRAINED_SCHEDULES,
     CheckpointError,
     frozen_reference,
     read_checkpoint,
 )
+from infinity_lit.quantizer import ScaleSchedule, scale_bounds
 from infinity_lit.tokenizer import load_tokenizer
-from infinity_lit.tokenizer.module import check_data_resolution
+from infinity_lit.tokenizer.module import check_bucket_sizes, check_data_resolution
 from infinity_lit.training.callbacks import (
     SKIPPED_LOGGED_AT,
     epoch_means,
@@ -265,23 +267,26 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
 
     def _teacher_forced(
         self, images: Tensor, captions: list[str], flips: bool, drop_text: bool
-    ) -> tuple[BSCOutput, Tensor]:
+    ) -> tuple[BSCOutput, Tensor, ScaleSchedule]:
+        # The batch's schedule: the tokenizer's own, or the aspect-ratio template of a bucket's image size.
+        schedule = self.tokenizer.check_image_size(images.shape[-2], images.shape[-1])
         with torch.no_grad():
             latent = self.tokenizer.encode(images)
         if flips:
-            out = self.bsc(latent, generator=self.random_streams.generator("bsc", latent.device))
+            g = self.random_streams.generator("bsc", latent.device)
+            out = self.bsc(latent, generator=g, scale_schedule=schedule)
         else:
-            out = BitwiseSelfCorrection(self.tokenizer.quantizer, 0.0)(latent)
+            out = BitwiseSelfCorrection(self.tokenizer.quantizer, 0.0)(latent, scale_schedule=schedule)
         text = self.text_encoder(captions)
         if drop_text and self.hparams.cfg_dropout > 0:
             g = self.random_streams.generator("cfg_dropout", self.device)
             drop = torch.rand(len(captions), generator=g, device=self.device) < self.hparams.cfg_dropout
             text = self.transformer.drop_text(text, drop)
-        logits = self.transformer(out.inputs, text)
-        return out, logits
+        logits = self.transformer(out.inputs, text, schedule=schedule)
+        return out, logits, schedule
 
     def _metrics(
-        self, stage: str, out: BSCOutput, logits: Tensor
+        self, stage: str, out: BSCOutput, logits: Tensor, schedule: ScaleSchedule
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         per_token = self.transformer.loss(logits, out.targets, reduction="none")  # (B, L)
         loss = per_token.mean()
@@ -293,7 +298,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
                 f"{stage}/loss_ln2": loss.detach() / math.log(2),
                 f"{stage}/bit_acc": correct.mean(),
             }
-            for k, (a, b) in enumerate(self.transformer.scale_bounds, start=1):
+            for k, (a, b) in enumerate(scale_bounds(schedule), start=1):
                 metrics[f"{stage}/loss_scale_{k}"] = per_token[:, a:b].mean().detach()
                 metrics[f"{stage}/bit_acc_scale_{k}"] = correct[:, a:b].mean()
         return loss, metrics, predicted
@@ -301,16 +306,15 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, captions = self._unpack(batch)
         self.random_streams.next_batch()
-        out, logits = self._teacher_forced(images, captions, flips=True, drop_text=True)
-        loss, metrics, predicted = self._metrics("train", out, logits)
+        out, logits, schedule = self._teacher_forced(images, captions, flips=True, drop_text=True)
+        self._record_schedule(schedule)
+        loss, metrics, predicted = self._metrics("train", out, logits, schedule)
         # What training.finite.NonFiniteGuard checks before the step: the loss and each scale's part.
         scale_terms = {k[6:]: v for k, v in metrics.items() if k.startswith("train/loss_scale")}
         self.loss_terms = {"loss": loss, **scale_terms}
         metrics["train/flip_prob"] = out.flip_probs.mean()
         if out.flips.any():
-            rate, baseline = self_correction_rate(
-                out.flips, out.targets, predicted, self.transformer.scale_schedule
-            )
+            rate, baseline = self_correction_rate(out.flips, out.targets, predicted, schedule)
             if not torch.isnan(rate):
                 metrics["train/self_correction_rate"] = rate
             if not torch.isnan(baseline):
@@ -323,8 +327,8 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         images, captions = self._unpack(batch)
-        out, logits = self._teacher_forced(images, captions, flips=False, drop_text=False)
-        _, metrics, _ = self._metrics(stage, out, logits)
+        out, logits, schedule = self._teacher_forced(images, captions, flips=False, drop_text=False)
+        _, metrics, _ = self._metrics(stage, out, logits, schedule)
         log_epoch_means(self, self.eval_means, metrics, images.shape[0])
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -357,8 +361,12 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         tau: float | Sequence[float] | None = None,
         top_p: float | None = None,
         seed: int | Sequence[int] | None = None,
+        aspect_ratio: float | None = None,
     ) -> Tensor:
-        """Images (N, 3, H, W) float32 in [-1, 1] for ``prompts``; unset settings use the ``val_*`` ones."""
+        """Images (N, 3, H, W) float32 in [-1, 1] for ``prompts``; unset settings use the ``val_*`` ones.
+
+        ``aspect_ratio``: a template h/w the model was trained on (``generator.sample``); default the model's
+        own schedule, or the first trained one when training has seen only other aspect ratios."""
         hp = self.hparams
         was_training = self.transformer.training
         out = sample(
@@ -370,6 +378,8 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
             tau=hp.val_tau if tau is None else tau,
             top_p=hp.val_top_p if top_p is None else top_p,
             seed=hp.val_seed if seed is None else seed,
+            schedule=self._grid_schedule() if aspect_ratio is None else None,
+            aspect_ratio=aspect_ratio,
         )
         self.transformer.train(was_training)
         return out.images
@@ -397,6 +407,23 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         finally:
             self.__dict__.pop("forward", None)
 
+    def _record_schedule(self, schedule: ScaleSchedule) -> None:
+        """Add a training batch's schedule to ``transformer.trained_schedules`` (saved with the checkpoint)."""
+        trained = self.transformer.trained_schedules
+        if trained is None:
+            trained = self.transformer.trained_schedules = []
+        if list(schedule) not in trained:
+            trained.append(list(schedule))
+            trained.sort(key=lambda t: t[-1][0] / t[-1][1])
+
+    def _grid_schedule(self) -> ScaleSchedule | None:
+        """The schedule of the validation sample grid: the model's own, unless training has seen only others
+        (a run on non-square buckets), then the first of those."""
+        trained = self.transformer.trained_schedules
+        if not trained or list(self.transformer.scale_schedule) in trained:
+            return None
+        return trained[0]
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Name the tokenizer by its path (absolute and relative to the checkpoint folder), step and weights
@@ -407,6 +434,8 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         checkpoint[FROZEN_STAGES] = {"tokenizer": frozen_reference(self.tokenizer_identity, owner_dir)}
         checkpoint[RANDOM_STREAMS] = self.random_streams.state_dict()
         checkpoint[SKIPPED_LOGGED_AT] = getattr(self, SKIPPED_LOGGED_AT, None)
+        trained = self.transformer.trained_schedules
+        checkpoint[TRAINED_SCHEDULES] = [[list(hw) for hw in t] for t in trained] if trained else None
         super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -431,6 +460,10 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
         if isinstance(checkpoint.get(RANDOM_STREAMS), Mapping):
             self.random_streams.load_state_dict(checkpoint[RANDOM_STREAMS])
         setattr(self, SKIPPED_LOGGED_AT, checkpoint.get(SKIPPED_LOGGED_AT))
+        if checkpoint.get(TRAINED_SCHEDULES):
+            self.transformer.trained_schedules = [
+                [(int(h), int(w)) for h, w in t] for t in checkpoint[TRAINED_SCHEDULES]
+            ]
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
@@ -448,6 +481,7 @@ class GeneratorModule(FrozenStages, pl.LightningModule):
             schedule_option=None,
             stride_option=None,
         )
+        check_bucket_sizes(self.trainer if self._trainer is not None else None, self.tokenizer)
 
     def on_fit_start(self) -> None:
         # The run's seed, unless a resumed checkpoint brought the streams' own.

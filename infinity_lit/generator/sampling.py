@@ -158,6 +158,7 @@ def sample(
     use_cache: bool = True,
     batch_size: int | None = None,
     schedule: Sequence[Sequence[int]] | None = None,
+    aspect_ratio: float | None = None,
 ) -> SampleOutput:
     """Generate one image per prompt.
 
@@ -178,19 +179,28 @@ def sample(
         schedule: the scale schedule to sample on (default: the model's); another one with as many scales
             (an aspect-ratio template, ``quantizer.template_schedule``) gives images of its final grid
             times the tokenizer's stride, e.g. (16, 32) → 256×512 at stride 16.
+        aspect_ratio: sample at this template aspect ratio h/w instead (``tokenizer.schedule_for_aspect_ratio``:
+            the model's own schedule for 1, the method's template with as many scales otherwise); not with
+            ``schedule``.
 
     Returns:
         ``SampleOutput`` with images (N, 3, H, W) float32 in [-1, 1] and per-scale bits.
 
     Raises:
         ValueError: bad settings (a negative or non-finite cfg among them), a tokenizer whose codebook_dim /
-            schedule differ from the model's, or a schedule that does not fit the model
-            (``BitwiseTransformer.tables``).
+            schedule differ from the model's, a schedule that does not fit the model
+            (``BitwiseTransformer.tables``), an aspect ratio that is no template, or a schedule the model was
+            not trained on (``model.trained_schedules``; the message lists the aspect ratios it was).
     """
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
+    if aspect_ratio is not None:
+        if schedule is not None:
+            raise ValueError("give schedule or aspect_ratio, not both")
+        schedule = tokenizer.schedule_for_aspect_ratio(aspect_ratio)
     tables = model.tables(schedule)
+    check_trained(model, tables.schedule)
     K = len(tables.schedule)
     cfgs = per_scale(cfg, K, "cfg")
     if any(not math.isfinite(c) or c < 0 for c in cfgs):
@@ -229,6 +239,25 @@ def sample(
         images.append(out[0])
         bits.append(out[1])
     return SampleOutput(torch.cat(images), [torch.cat(b) for b in zip(*bits)], seeds)
+
+
+def check_trained(model: BitwiseTransformer, schedule: Sequence[Sequence[int]]) -> None:
+    """Refuse a scale schedule the model was not trained on (``model.trained_schedules``; None: unchecked).
+
+    Raises:
+        ValueError: naming the schedule's aspect ratio and grids, and the aspect ratios the model was trained on.
+    """
+    trained = model.trained_schedules
+    schedule = [tuple(int(v) for v in hw) for hw in schedule]
+    if trained is None or schedule in [[tuple(hw) for hw in t] for t in trained]:
+        return
+    h, w = schedule[-1]
+    listed = ", ".join(f"{t[-1][0] / t[-1][1]:.3g} (last grid {t[-1][0]}×{t[-1][1]})" for t in trained)
+    raise ValueError(
+        f"this generator was not trained on the scale schedule ending at {h}×{w} (h/w = {h / w:.3g}): its "
+        f"checkpoint records training on h/w = {listed}; sample at one of those aspect ratios, or train on "
+        "data of this one (`infinity-lit data folder --aspect_ratios`)"
+    )
 
 
 def _sample_batch(

@@ -401,6 +401,11 @@ class BitwiseTransformer(nn.Module):
     Args:
         config: a complete ``TransformerConfig`` (codebook_dim, scale_schedule and text_dim set).
 
+    Attributes:
+        trained_schedules: the scale schedules the weights were trained on (``GeneratorModule`` records them
+            in its checkpoints, ``load_generator`` sets them); ``generator.sample`` refuses another one. None
+            (a model built here): not recorded, any schedule with the model's number of scales is sampled.
+
     Raises:
         ValueError: incomplete or invalid config.
     """
@@ -411,6 +416,7 @@ class BitwiseTransformer(nn.Module):
         self.config = config
         self.codebook_dim = d
         self.scale_schedule: ScaleSchedule = schedule
+        self.trained_schedules: list[ScaleSchedule] | None = None
         C = config.width
         self.first_len = schedule[0][0] * schedule[0][1]
         self.seq_len = num_tokens(schedule)

@@ -23,7 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from infinity_lit.checkpoints import TOKENIZER, Checkpoint, read_checkpoint
-from infinity_lit.quantizer import MultiScaleBSQ, MultiScaleOutput, ScaleSchedule, validate_schedule
+from infinity_lit.quantizer import (
+    MultiScaleBSQ,
+    MultiScaleOutput,
+    ScaleSchedule,
+    aspect_ratio_schedule,
+    template_schedule,
+    validate_schedule,
+)
 
 from .networks import Decoder, Encoder, stride_of
 
@@ -172,6 +179,9 @@ class BitwiseTokenizer(nn.Module):
     ) -> ScaleSchedule:
         """Check that (height, width) fits the stride and the schedule; return the schedule to use.
 
+        Without ``scale_schedule``: the tokenizer's schedule for its own image size, and for another shape
+        the method's aspect-ratio template (``schedule_for``).
+
         Raises:
             ValueError: a side not divisible by the stride, or a latent grid (H/s, W/s) different from the
                 schedule's last scale; the message says which size or schedule would fit.
@@ -182,7 +192,9 @@ class BitwiseTokenizer(nn.Module):
                 f"image size {height}×{width} is not divisible by the tokenizer stride {s}; resize or crop "
                 f"the images to multiples of {s} (e.g. {max(s, height // s * s)}×{max(s, width // s * s)})"
             )
-        schedule = self.scale_schedule if scale_schedule is None else validate_schedule(scale_schedule)
+        if scale_schedule is None:
+            return self.schedule_for(height, width)
+        schedule = validate_schedule(scale_schedule)
         latent = (height // s, width // s)
         if schedule[-1] != latent:
             h, w = schedule[-1]
@@ -192,6 +204,45 @@ class BitwiseTokenizer(nn.Module):
                 f"at {latent} (e.g. infinity_lit.quantizer.schedule_for_latent({latent}))"
             )
         return schedule
+
+    def schedule_for(self, height: int, width: int) -> ScaleSchedule:
+        """The scale schedule for images of (height, width) pixels: the tokenizer's own for its image size;
+        for another shape, the method's dynamic-resolution template of that aspect ratio with as many scales
+        (``quantizer.template_schedule``), if it ends at the latent grid (H/s, W/s). Images built by ``data
+        folder --aspect_ratios`` at this tokenizer's resolution and stride have such sizes.
+
+        Raises:
+            ValueError: no such schedule; the message gives the sizes that have one.
+        """
+        s = self.stride
+        latent = (height // s, width // s)
+        own = self.scale_schedule
+        if latent == own[-1] and height % s == 0 and width % s == 0:
+            return own
+        template = template_schedule(height / width, len(own))
+        if template[-1] == latent and height % s == 0 and width % s == 0:
+            return template
+        h, w = own[-1]
+        th, tw = template[-1]
+        raise ValueError(
+            f"image size {height}×{width} gives a latent grid {latent[0]}×{latent[1]} at stride {s}, but the "
+            f"scale schedule ends at {h}×{w} and the method's template for h/w ≈ {height / width:.3g} with "
+            f"{len(own)} scales at {th}×{tw}; use images of {h * s}×{w * s} or {th * s}×{tw * s} (`infinity-lit "
+            f"data folder --aspect_ratios … --stride {s}` builds such sizes), or pass a scale_schedule ending at "
+            f"{latent} (e.g. infinity_lit.quantizer.schedule_for_latent({latent}))"
+        )
+
+    def schedule_for_aspect_ratio(self, aspect_ratio: float) -> ScaleSchedule:
+        """The scale schedule for images of template aspect ratio h/w: the tokenizer's own for 1 (its square
+        images), otherwise the method's template with as many scales (``quantizer.aspect_ratio_schedule``);
+        images of it are (last grid × stride) pixels.
+
+        Raises:
+            ValueError: an aspect ratio that is no template (the message lists them).
+        """
+        schedule = aspect_ratio_schedule(aspect_ratio, len(self.scale_schedule))
+        h, w = schedule[-1]
+        return self.scale_schedule if h == w else schedule
 
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3:

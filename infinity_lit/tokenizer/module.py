@@ -213,6 +213,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
             schedule_option="model.tokenizer.scale_schedule",
             stride_option="model.tokenizer.channel_multipliers",
         )
+        check_bucket_sizes(self.trainer if self._trainer is not None else None, self.tokenizer)
 
     def configure_optimizers(self) -> Any:
         """AdamW for the tokenizer (and the discriminator), each with the ``optimizer`` schedule.
@@ -371,7 +372,7 @@ class TokenizerModule(FrozenStages, pl.LightningModule):
         # Progressive decoding: the first k scales' codes are the same whatever follows them.
         K = len(q.codes)
         progressive = []
-        hw = self.tokenizer.scale_schedule[-1]
+        hw = q.quantized.shape[-2:]  # the latent grid of this batch (an aspect-ratio bucket's own)
         for k in range(1, K + 1):
             recon_k = (
                 recon
@@ -462,6 +463,24 @@ def reconstruction_grid(images: Tensor, reconstructions: list[Tensor]) -> Tensor
 
     rows = torch.cat([images.float(), *(r.float() for r in reconstructions)], dim=0)
     return make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=images.shape[0], padding=2, pad_value=1.0)
+
+
+def check_bucket_sizes(trainer: Any, tokenizer: BitwiseTokenizer) -> None:
+    """Check, before training, that every aspect-ratio bucket of the data module (``bucket_sizes``) has a
+    scale schedule in ``tokenizer`` (``BitwiseTokenizer.schedule_for``).
+
+    Raises:
+        ValueError: naming the bucket, its size and the sizes that would fit.
+    """
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    for name, (h, w) in (getattr(datamodule, "bucket_sizes", None) or {}).items():
+        try:
+            tokenizer.schedule_for(h, w)
+        except ValueError as exc:
+            raise ValueError(
+                f"aspect-ratio bucket {name} of the data ({h}×{w} px) does not fit the tokenizer: {exc}; rebuild "
+                f"the data with --resolution {tokenizer.config.image_size[0]} --stride {tokenizer.stride}"
+            ) from exc
 
 
 def check_data_resolution(

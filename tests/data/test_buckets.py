@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BUCKET_SHAPES as SHAPES
 from PIL import Image
 
 from infinity_lit.data import ShardDataModule
 from infinity_lit.data.datamodule import BucketedShardDataset, _EpochDataLoader
-from infinity_lit.data.folder import build_folder_shards, nearest_bucket, template_buckets
+from infinity_lit.data.folder import nearest_bucket, template_buckets
 from infinity_lit.data.shards import read_manifest, resize_cover_crop
-
-# (width, height) of the source images → the bucket they belong to among 0.5, 1, 2 (h/w).
-SHAPES = {(96, 40): "0.5", (50, 50): "1", (30, 70): "2", (60, 48): "1"}  # 48/60 = 0.8 is nearer 1 than 0.5
 
 
 def test_template_bucket_sizes_follow_the_method_templates() -> None:
@@ -49,30 +47,9 @@ def test_nearest_bucket_and_cover_crop() -> None:
     assert row[:14].max() < 40 and row[18:].min() > 215  # the edge stays at the centre
 
 
-def _photos(folder: Path, per_shape: int = 12) -> dict[str, str]:
-    """Images of the SHAPES, each a flat colour unique to it; returns key → expected bucket."""
-    folder.mkdir(parents=True)
-    expected = {}
-    rng = np.random.default_rng(0)
-    for s, ((w, h), bucket) in enumerate(SHAPES.items()):
-        for i in range(per_shape):
-            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-            key = f"img{s}_{i:02d}"
-            Image.new("RGB", (w, h), colour).save(folder / f"{key}.png")
-            (folder / f"{key}.txt").write_text(f"shape {s} number {i}")
-            expected[key] = bucket
-    return expected
-
-
 @pytest.fixture(scope="module")
-def bucketed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("buckets")
-    expected = _photos(root / "images")
-    build_folder_shards(
-        root / "images", root / "data", 32, aspect_ratios="0.5,1,2", stride=8, val_fraction=0.25,
-        shard_size=5, progress=False,
-    )  # fmt: skip
-    return root / "data", expected
+def bucketed(bucketed_shards) -> tuple[Path, dict[str, str]]:
+    return bucketed_shards
 
 
 def test_folder_builder_keeps_aspect_ratios_in_buckets(bucketed) -> None:
