@@ -333,6 +333,18 @@ class ShardDataset(IterableDataset):
         return _drop_dealt(batches, done, worker_id, max(1, self.num_workers))
 
 
+def _round_robin(streams: list[Iterator[Batch]]) -> Iterator[Batch]:
+    """One item of each stream in turn, leaving out streams that have ended."""
+    while streams:
+        left = []
+        for stream in streams:
+            item = next(stream, None)
+            if item is not None:
+                yield item
+                left.append(stream)
+        streams = left
+
+
 def _drop_dealt(batches: Iterator[Batch], done: int, worker_id: int, workers: int) -> Iterator[Batch]:
     """``batches`` of local worker ``worker_id`` without those among the first ``done`` of its rank:
     batches are dealt to the local workers in turn, worker w made the (i·W + w)-th ones."""
@@ -350,8 +362,9 @@ class BucketedShardDataset(IterableDataset):
     samples per global worker in full batches, so a bucket with fewer than N × batch_size training samples
     gives none and is warned about; validation: each sample once, partial batches kept). Training
     interleaves the buckets' batches in an order drawn per epoch and local worker from ``seed``, the same
-    on every rank, so all ranks run one bucket at a step and equally many steps. Validation goes bucket by
-    bucket in ascending aspect ratio.
+    on every rank, so all ranks run one bucket at a step and equally many steps. Validation takes a batch
+    of each bucket in turn (ascending aspect ratio), so that a validation limited to a few batches
+    (``trainer.limit_val_batches``) still sees every bucket.
 
     Arguments as ``ShardDataset`` (without ``bucket``); ``resolution`` is only checked, the sizes come from
     the manifest. Attributes: ``buckets`` (name → its ``ShardDataset``, ascending h/w, only buckets with data
@@ -419,7 +432,7 @@ class BucketedShardDataset(IterableDataset):
         for d in self.buckets.values():
             d.epoch = self.epoch
         if not self.train:
-            return (batch for d in self.buckets.values() for batch in iter(d))
+            return _round_robin([iter(d) for d in self.buckets.values()])
         return self._train_batches(worker_id, global_worker)
 
     def _train_batches(self, worker_id: int, global_worker: int) -> Iterator[Batch]:

@@ -35,80 +35,23 @@ from infinity_lit.data.images import (
 )
 from infinity_lit.data.shards import (
     ShardSetWriter,
+    bucket_manifest,
+    bucket_name,
     check_resolution,
     encode_png,
     evenly_spaced,
     make_manifest,
+    nearest_bucket,
     remove_shards,
     resize_cover_crop,
     reusable_manifest,
     save_grid,
     split_of,
+    template_buckets,
     write_manifest,
 )
 
-__all__ = ["bucket_name", "build_folder_shards", "nearest_bucket", "read_captions_jsonl", "template_buckets"]
-
-#: An aspect-ratio bucket: (h/w, (height, width) in pixels).
-Bucket = tuple[float, tuple[int, int]]
-
-
-def bucket_name(aspect_ratio: float) -> str:
-    """The name of a bucket in the manifest and the shards: the aspect ratio h/w as ``%g`` ("0.5", "1.333")."""
-    return f"{aspect_ratio:g}"
-
-
-def nearest_bucket(buckets: Sequence[Bucket], height: int, width: int) -> Bucket:
-    """The bucket whose aspect ratio is nearest to ``height / width`` (absolute difference, as the method
-    assigns an image to a template; a tie goes to the smaller ratio)."""
-    return min(buckets, key=lambda b: (abs(b[0] - height / width), b[0]))
-
-
-def template_buckets(aspect_ratios: str | Sequence[float], resolution: int, stride: int) -> list[Bucket]:
-    """The buckets of ``build_folder_shards(aspect_ratios=…)``: (template h/w, (height, width) pixels),
-    ascending; see its ``aspect_ratios`` argument.
-
-    Raises:
-        ValueError: a ratio that is no template (the message lists them), a repeated one, an empty list, or
-            ``resolution / stride`` that is no side of the method's square schedule (1, 2, 4, 6, 8, 12, 16, …).
-    """
-    # The templates are the quantizer's (one home); imported here so that square builds start without torch.
-    from infinity_lit.quantizer.schedules import (
-        ASPECT_RATIOS,
-        REFERENCE_SIDES,
-        aspect_ratio_schedule,
-        nearest_aspect_ratio,
-    )
-
-    if stride < 1 or resolution % stride or resolution // stride not in REFERENCE_SIDES:
-        raise ValueError(
-            f"aspect-ratio buckets need resolution / stride to be a side of the method's square schedule "
-            f"{', '.join(map(str, REFERENCE_SIDES))}; got {resolution} / {stride}"
-        )
-    num_scales = REFERENCE_SIDES.index(resolution // stride) + 1
-    if isinstance(aspect_ratios, str):
-        text = aspect_ratios.strip()
-        if text == "all":
-            ratios: list[float] = list(ASPECT_RATIOS)
-        else:
-            try:
-                ratios = [float(v) for v in text.split(",") if v.strip()]
-            except ValueError as exc:
-                raise ValueError(
-                    f"aspect_ratios must be 'all' or numbers such as '0.5,1,2', got {text!r}"
-                ) from exc
-    else:
-        ratios = [float(v) for v in aspect_ratios]
-    buckets: dict[float, tuple[int, int]] = {}
-    for ratio in ratios:
-        h, w = aspect_ratio_schedule(ratio, num_scales)[-1]  # raises for a ratio that is no template
-        template = nearest_aspect_ratio(ratio)
-        if template in buckets:
-            raise ValueError(f"aspect ratio {ratio:g} is given twice (template {template:g})")
-        buckets[template] = (h * stride, w * stride)
-    if not buckets:
-        raise ValueError("aspect_ratios is empty; give 'all' or a list such as '0.5,1,2'")
-    return sorted(buckets.items())
+__all__ = ["build_folder_shards", "read_captions_jsonl"]
 
 
 def read_captions_jsonl(path: Path, images: Path) -> dict[Path, str]:
@@ -321,14 +264,7 @@ def build_folder_shards(
     if bucket_list is not None:
         command += ["--aspect_ratios", ",".join(bucket_name(r) for r, _ in bucket_list)]
         command += ["--stride", str(stride)]
-        extra["buckets"] = {
-            bucket_name(r): {
-                "aspect_ratio": r,
-                "size": list(size),
-                "counts": {split: bucket_counts[bucket_name(r)][split] for split in ("train", "val")},
-            }
-            for r, size in bucket_list
-        }
+        extra["buckets"] = bucket_manifest(bucket_list, bucket_counts)
     manifest = make_manifest(
         source="folder",
         resolution=resolution,

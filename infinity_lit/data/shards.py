@@ -50,10 +50,13 @@ __all__ = [
     "SPLITS",
     "DamagedShardError",
     "ShardSetWriter",
+    "bucket_manifest",
+    "bucket_name",
     "check_resolution",
     "image_to_uint8",
     "iter_samples",
     "load_split",
+    "nearest_bucket",
     "read_manifest",
     "rebuild_hint",
     "resize_center_crop",
@@ -65,6 +68,7 @@ __all__ = [
     "split_of",
     "split_shards",
     "strict_hint",
+    "template_buckets",
     "write_manifest",
 ]
 
@@ -108,6 +112,83 @@ def split_of(key: str, val_fraction: float) -> str:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     return "val" if u < val_fraction * 2.0**64 else "train"
+
+
+# ---------------------------------------------------------------- aspect-ratio buckets
+
+#: An aspect-ratio bucket: (h/w, (height, width) in pixels).
+Bucket = tuple[float, tuple[int, int]]
+
+
+def bucket_name(aspect_ratio: float) -> str:
+    """The name of a bucket in the manifest and the shards: the aspect ratio h/w as ``%g`` ("0.5", "1.333")."""
+    return f"{aspect_ratio:g}"
+
+
+def nearest_bucket(buckets: Sequence[Bucket], height: int, width: int) -> Bucket:
+    """The bucket whose aspect ratio is nearest to ``height / width`` (absolute difference, as the method
+    assigns an image to a template; a tie goes to the smaller ratio)."""
+    return min(buckets, key=lambda b: (abs(b[0] - height / width), b[0]))
+
+
+def template_buckets(aspect_ratios: str | Sequence[float], resolution: int, stride: int) -> list[Bucket]:
+    """The buckets of ``build_folder_shards(aspect_ratios=…)``: (template h/w, (height, width) pixels),
+    ascending; see its ``aspect_ratios`` argument.
+
+    Raises:
+        ValueError: a ratio that is no template (the message lists them), a repeated one, an empty list, or
+            ``resolution / stride`` that is no side of the method's square schedule (1, 2, 4, 6, 8, 12, 16, …).
+    """
+    # The templates are the quantizer's (one home); imported here so that square builds start without torch.
+    from infinity_lit.quantizer.schedules import (
+        ASPECT_RATIOS,
+        REFERENCE_SIDES,
+        aspect_ratio_schedule,
+        nearest_aspect_ratio,
+    )
+
+    if stride < 1 or resolution % stride or resolution // stride not in REFERENCE_SIDES:
+        raise ValueError(
+            f"aspect-ratio buckets need resolution / stride to be a side of the method's square schedule "
+            f"{', '.join(map(str, REFERENCE_SIDES))}; got {resolution} / {stride}"
+        )
+    num_scales = REFERENCE_SIDES.index(resolution // stride) + 1
+    if isinstance(aspect_ratios, str):
+        text = aspect_ratios.strip()
+        if text == "all":
+            ratios: list[float] = list(ASPECT_RATIOS)
+        else:
+            try:
+                ratios = [float(v) for v in text.split(",") if v.strip()]
+            except ValueError as exc:
+                raise ValueError(
+                    f"aspect_ratios must be 'all' or numbers such as '0.5,1,2', got {text!r}"
+                ) from exc
+    else:
+        ratios = [float(v) for v in aspect_ratios]
+    buckets: dict[float, tuple[int, int]] = {}
+    for ratio in ratios:
+        h, w = aspect_ratio_schedule(ratio, num_scales)[-1]  # raises for a ratio that is no template
+        template = nearest_aspect_ratio(ratio)
+        if template in buckets:
+            raise ValueError(f"aspect ratio {ratio:g} is given twice (template {template:g})")
+        buckets[template] = (h * stride, w * stride)
+    if not buckets:
+        raise ValueError("aspect_ratios is empty; give 'all' or a list such as '0.5,1,2'")
+    return sorted(buckets.items())
+
+
+def bucket_manifest(buckets: Sequence[Bucket], counts: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``buckets`` entry (module docstring) for ``buckets`` and per-bucket split counters
+    (bucket name → {split: n})."""
+    return {
+        bucket_name(r): {
+            "aspect_ratio": r,
+            "size": list(size),
+            "counts": {split: int(counts[bucket_name(r)][split]) for split in SPLITS},
+        }
+        for r, size in buckets
+    }
 
 
 # ---------------------------------------------------------------- images
@@ -167,12 +248,13 @@ def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
 
 def save_grid(images: list[Image.Image], path: Path, columns: int = 8) -> None:
     """Tile RGB images row by row into one PNG, each centred in a cell of the largest width and height
-    (white around smaller images and where the last row is short)."""
+    (white where the last row is short; grey around images of several sizes, so their shapes show)."""
     if not images:
         raise ValueError("no images to tile")
     w, h = max(im.size[0] for im in images), max(im.size[1] for im in images)
     rows = -(-len(images) // columns)
-    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
+    background = (255, 255, 255) if len({im.size for im in images}) == 1 else (160, 160, 160)
+    grid = Image.new("RGB", (columns * w, rows * h), background)
     for i, im in enumerate(images):
         left, top = (i % columns) * w + (w - im.size[0]) // 2, (i // columns) * h + (h - im.size[1]) // 2
         grid.paste(im, (left, top))
@@ -831,6 +913,7 @@ def iter_samples(
     *,
     strict: bool = False,
     unreadable: dict[str, str] | None = None,
+    bucket: str | None = None,
 ) -> Iterator[tuple[str, Image.Image, str]]:
     """Iterate a split's samples in shard order, for evaluation: ``(key, PIL RGB image, caption)``.
 
@@ -838,7 +921,7 @@ def iter_samples(
     and every sample lost in a damaged shard (see ``raw_samples``; the readable rest of such a shard is
     still given). Each is warned about, naming key and shard (one warning per damaged shard), or, when
     ``unreadable`` is given, recorded there as ``"SHARD/KEY" → reason`` for the caller to report
-    (``infinity_lit.data.images.report_unreadable``).
+    (``infinity_lit.data.images.report_unreadable``). ``bucket``: only that aspect-ratio bucket's samples.
 
     Raises:
         FileNotFoundError: no data (see ``read_manifest``).
@@ -848,7 +931,7 @@ def iter_samples(
     """
     data_dir = Path(data_dir)
     read = skipped = 0
-    for sample in raw_samples(split_shards(data_dir, split), strict=strict):
+    for sample in raw_samples(split_shards(data_dir, split, bucket=bucket), strict=strict):
         try:
             item = decode_sample(sample)
         except DamagedShardError as exc:

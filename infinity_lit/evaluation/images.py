@@ -116,6 +116,8 @@ class ImageSet:
         path: the folder or shard directory.
         split: the shard split ("train" / "val"); None for folders.
         max_images: read at most this many readable images (None: all).
+        bucket: of a shard directory built with aspect-ratio buckets, only this bucket's images (its name,
+            e.g. "0.5"; None: all).
         unreadable: the images skipped so far because they cannot be decoded, in reading order: relative
             path (folders) or "SHARD/KEY" (shards) → reason. Complete once the set has been read through
             (e.g. by ``content``).
@@ -125,6 +127,7 @@ class ImageSet:
     path: Path
     split: str | None = None
     max_images: int | None = None
+    bucket: str | None = None
     unreadable: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
     _reported: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
@@ -136,13 +139,16 @@ class ImageSet:
         else:
             from infinity_lit.data.shards import split_shards
 
-            n = sum(count for _, count in split_shards(self.path, self.split))
+            n = sum(count for _, count in split_shards(self.path, self.split, bucket=self.bucket))
         n -= len(self.unreadable)
         return n if self.max_images is None else min(n, self.max_images)
 
     def where(self) -> str:
         """The set in words, for messages: the folder, or "DIR (SPLIT split)"."""
-        return str(self.path) if self.kind == "folder" else f"{self.path} ({self.split} split)"
+        if self.kind == "folder":
+            return str(self.path)
+        bucket = f", aspect-ratio bucket {self.bucket}" if self.bucket is not None else ""
+        return f"{self.path} ({self.split} split{bucket})"
 
     def _folder_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
         prompts = {r.get("file"): r.get("prompt") for r in read_metadata(self.path)}
@@ -158,7 +164,7 @@ class ImageSet:
     def _shard_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
         from infinity_lit.data.shards import iter_samples
 
-        for k, im, c in iter_samples(self.path, self.split, unreadable=self.unreadable):
+        for k, im, c in iter_samples(self.path, self.split, unreadable=self.unreadable, bucket=self.bucket):
             yield k, image_to_uint8(im), c
 
     def iter_items(self) -> Iterator[tuple[str, Tensor, str | None]]:
@@ -201,12 +207,15 @@ class ImageSet:
         else:
             from infinity_lit.data.shards import split_shards
 
-            files = [p for p, _ in split_shards(self.path, self.split)]
-        head = [self.kind, str(self.path.resolve()), str(self.split), str(self.max_images)]
+            files = [p for p, _ in split_shards(self.path, self.split, bucket=self.bucket)]
+        head = [self.kind, str(self.path.resolve()), str(self.split), str(self.max_images), str(self.bucket)]
         return _fingerprint([*head, *_stat_parts(self.path, files)])
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "path": str(self.path), "split": self.split, "max_images": self.max_images}
+        out = {"kind": self.kind, "path": str(self.path), "split": self.split, "max_images": self.max_images}
+        if self.bucket is not None:
+            out["bucket"] = self.bucket
+        return out
 
     def content(self) -> dict:
         """What the set holds, independent of where it lies (for evaluation fingerprints). Reads every
@@ -241,13 +250,16 @@ class ImageSet:
         return {"sha256": digest.hexdigest(), "images": count, "sizes": sorted(sizes), "format": fmt}
 
 
-def open_image_set(path: str | Path, split: str = "val", max_images: int | None = None) -> ImageSet:
+def open_image_set(
+    path: str | Path, split: str = "val", max_images: int | None = None, bucket: str | None = None
+) -> ImageSet:
     """An ``ImageSet`` for ``path``: a shard directory (has ``manifest.json`` or ``*.tar`` shards; ``split``
-    is used) or an image folder.
+    and ``bucket`` are used) or an image folder.
 
     Raises:
         FileNotFoundError: ``path`` does not exist or holds neither shards nor images.
-        ValueError: ``max_images`` below 1 (leave it unset for all images).
+        ValueError: ``max_images`` below 1 (leave it unset for all images), a ``bucket`` the shards do not
+            have (the message lists theirs), or a ``bucket`` for an image folder.
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}; leave it unset for all images")
@@ -257,7 +269,12 @@ def open_image_set(path: str | Path, split: str = "val", max_images: int | None 
             f"{str(path)!r} is not a directory (expected an image folder or a shard directory)"
         )
     if (path / "manifest.json").is_file() or any(path.glob("*.tar")):
-        return ImageSet("shards", path, split, max_images)
+        image_set = ImageSet("shards", path, split, max_images, bucket)
+        if bucket is not None:
+            len(image_set)  # an unknown bucket is refused here, naming those the data set has
+        return image_set
+    if bucket is not None:
+        raise ValueError(f"{str(path)!r} is an image folder; an aspect-ratio bucket selects from shards only")
     if not list_images(path):
         raise FileNotFoundError(
             f"{str(path)!r} holds no images ({'/'.join(sorted(IMAGE_SUFFIXES))}) and no shards; give a "

@@ -167,6 +167,7 @@ def score_generated(
     seed: int = 2020,
     use_feature_cache: bool = True,
     feature_cache_dir: str | Path | None = None,
+    reference_bucket: str | None = None,
 ) -> dict:
     """FID, KID and CLIP score of a folder of generated images, as a ``metrics.json`` record.
 
@@ -184,6 +185,9 @@ def score_generated(
         seed: seed of KID's subset sampling.
         use_feature_cache: keep / reuse Inception features of unchanged image sets.
         feature_cache_dir: where cached features live (default ``cache_dir() / "features"``).
+        reference_bucket: of reference shards built with aspect-ratio buckets, score against this bucket's
+            images only (its name, e.g. "0.5": per-aspect-ratio FID of samples made with ``eval sample
+            --aspect_ratio 0.5``); the record's ``reference`` names it. None: the whole split (pooled).
 
     Image folders are read recursively; files that cannot be decoded are skipped, named in a warning and
     in the record's ``warnings``, and listed under ``unreadable_images`` (``num_images`` counts the images
@@ -198,7 +202,7 @@ def score_generated(
         raise ValueError(
             f"{str(generated)!r} is a shard directory; 'eval score' scores a folder of generated images"
         )
-    ref = open_image_set(reference, split=reference_split, max_images=max_reference)
+    ref = open_image_set(reference, split=reference_split, max_images=max_reference, bucket=reference_bucket)
     # Reading both sets through first finds their unreadable files, so every count below is exact.
     gen_content, ref_content = gen.content(), ref.content()
     n_gen, n_ref = gen_content["images"], ref_content["images"]
@@ -323,6 +327,7 @@ def score_folder(
     kid_subsets: int = KID_SUBSETS,
     seed: int = 2020,
     feature_cache: bool = True,
+    bucket: str | None = None,
 ) -> dict:
     """Score a folder of generated images: FID / KID vs a reference, CLIP score vs the prompts.
 
@@ -341,6 +346,8 @@ def score_folder(
         kid_subsets: KID subsets.
         seed: seed of KID's subset sampling.
         feature_cache: keep / reuse Inception features of unchanged image sets.
+        bucket: score against one aspect-ratio bucket of reference shards built with ``--aspect_ratios``
+            (e.g. "2" for samples of ``eval sample --aspect_ratio 2``); default the whole split.
 
     Returns:
         the record written to the metrics.json (its path under "path").
@@ -357,6 +364,7 @@ def score_folder(
         kid_subsets=kid_subsets,
         seed=seed,
         use_feature_cache=feature_cache,
+        reference_bucket=bucket,
     )
     path = Path(out) if out is not None else Path(generated) / "metrics.json"
     if ranks().main:

@@ -224,12 +224,17 @@ class BitwiseTokenizer(nn.Module):
             return template
         h, w = own[-1]
         th, tw = template[-1]
+        if (th, tw) == (h, w):  # a square image of another size: its template is the tokenizer's own size
+            fits = f"the scale schedule ends at {h}×{w}; use images of {h * s}×{w * s}"
+        else:
+            fits = (
+                f"the scale schedule ends at {h}×{w} and the method's template for h/w ≈ {height / width:.3g} "
+                f"with {len(own)} scales at {th}×{tw}; use images of {h * s}×{w * s} or {th * s}×{tw * s} "
+                f"(`infinity-lit data folder --aspect_ratios … --stride {s}` builds such sizes)"
+            )
         raise ValueError(
-            f"image size {height}×{width} gives a latent grid {latent[0]}×{latent[1]} at stride {s}, but the "
-            f"scale schedule ends at {h}×{w} and the method's template for h/w ≈ {height / width:.3g} with "
-            f"{len(own)} scales at {th}×{tw}; use images of {h * s}×{w * s} or {th * s}×{tw * s} (`infinity-lit "
-            f"data folder --aspect_ratios … --stride {s}` builds such sizes), or pass a scale_schedule ending at "
-            f"{latent} (e.g. infinity_lit.quantizer.schedule_for_latent({latent}))"
+            f"image size {height}×{width} gives a latent grid {latent[0]}×{latent[1]} at stride {s}, but {fits}, "
+            f"or pass a scale_schedule ending at {latent} (e.g. infinity_lit.quantizer.schedule_for_latent({latent}))"
         )
 
     def schedule_for_aspect_ratio(self, aspect_ratio: float) -> ScaleSchedule:

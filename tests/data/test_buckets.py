@@ -144,6 +144,9 @@ def test_validation_sees_every_sample_once(bucketed) -> None:
             assert len({expected[k] for k in batch["key"]}) == 1
             val_keys += batch["key"]
     assert len(val_keys) == len(set(val_keys)) == manifest["counts"]["val"]
+    # The buckets take turns, so that the first batches hold every bucket.
+    first = [expected[b["key"][0]] for b in _dataset(data, "val", train=False)][:3]
+    assert first == ["0.5", "1", "2"]
 
 
 def test_ranks_run_the_same_buckets_in_step_on_disjoint_samples(bucketed) -> None:
