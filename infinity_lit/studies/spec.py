@@ -485,11 +485,17 @@ def check_deltas(study: Study) -> None:
     from infinity_lit.studies.stages import module_class
     from infinity_lit.training import run_cli
 
+    parsed: set[tuple[str, str]] = set()
     with tempfile.TemporaryDirectory() as tmp:
         for arm in study.arms:
             for stage in TRAIN_STAGES:
+                deltas = study.stage_configs(arm, stage)
+                key = (stage, yaml.safe_dump([dict(d) for d in deltas]))
+                if key in parsed:  # arms that share a stage's config (one tokenizer for several) parse once
+                    continue
+                parsed.add(key)
                 files = [str(study.stages[stage].recipe)]
-                for i, delta in enumerate(study.stage_configs(arm, stage)):
+                for i, delta in enumerate(deltas):
                     file = Path(tmp) / f"{arm.name}-{stage}-{i}.yaml"
                     file.write_text(yaml.safe_dump(dict(delta)), encoding="utf-8")
                     files.append(str(file))
