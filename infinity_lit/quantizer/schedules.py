@@ -60,21 +60,38 @@ ASPECT_RATIO_TEMPLATES: dict[float, tuple[tuple[int, int], ...]] = dict(
 #: The aspect ratios h/w of ``ASPECT_RATIO_TEMPLATES``, ascending.
 ASPECT_RATIOS: tuple[float, ...] = tuple(ASPECT_RATIO_TEMPLATES)
 
+#: The template aspect ratios in the reference's table order: each tall template of ``_TALL_TEMPLATES`` (1.0,
+#: 1.25, 1.333, …, 3.0) followed by its transpose (0.8 after 1.25, 0.75 after 1.333, …), i.e. 1.0, 1.25, 0.8,
+#: 1.333, 0.75, 1.5, 0.666, 1.75, 0.571, 2.0, 0.5, 2.5, 0.4, 3.0, 0.333. ``nearest_aspect_ratio`` breaks an
+#: exact tie in favour of the template listed first here, as the reference's ``np.argmin`` over its table does.
+TEMPLATE_ORDER: tuple[float, ...] = tuple(
+    key for r in _TALL_TEMPLATES for key in ((r,) if r == 1.0 else (r, _template_key(1 / r)))
+)
+
 #: Scale counts of the reference's presets (7, 10, 12, 13 scales: about 0.06, 0.25, 0.6 and 1 megapixel at
 #: stride 16, i.e. the 256², 512², 768² and 1024² square schedules).
 TEMPLATE_SCALE_COUNTS: tuple[int, ...] = (7, 10, 12, 13)
 
 
 def nearest_aspect_ratio(h_div_w: float) -> float:
-    """The template aspect ratio nearest to ``h_div_w`` (by absolute difference, as the reference assigns
-    an image of height/width ``h_div_w`` to a template; a tie goes to the smaller ratio).
+    """The template aspect ratio nearest to ``h_div_w``, as the reference assigns an image of height/width
+    ``h_div_w`` to a template: smallest ``|h_div_w - template|`` in float64, and on an exact tie the template
+    listed first in the reference's table order (``TEMPLATE_ORDER``), which is not always the smaller ratio:
+    0.9 (equidistant from 0.8 and 1.0) → 1.0, 0.45 → 0.5, 0.775 → 0.8, 1.125 → 1.0, 2.25 → 2.0.
+
+    Args:
+        h_div_w: height / width of the image (any positive finite float).
+
+    Returns:
+        One of ``ASPECT_RATIOS`` (the reference's key: 1.333 for 4/3, 0.666 for 2/3, …).
 
     Raises:
         ValueError: ``h_div_w`` is not a positive finite number.
     """
     if not (math.isfinite(h_div_w) and h_div_w > 0):
         raise ValueError(f"aspect ratio h/w must be a positive number, got {h_div_w}")
-    return min(ASPECT_RATIOS, key=lambda r: (abs(r - h_div_w), r))
+    h_div_w = float(h_div_w)
+    return min(TEMPLATE_ORDER, key=lambda r: abs(h_div_w - r))  # min keeps the first of equal keys
 
 
 def template_schedule(h_div_w: float, num_scales: int) -> ScaleSchedule:

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -329,9 +330,47 @@ REFERENCE_LAST_GRIDS = {
     2.5: [(25, 10), (50, 20), (80, 32), (100, 40)],
     3.0: [(27, 9), (54, 18), (90, 30), (111, 37)],
 }
-# Two whole templates, every scale (h/w = 1/2 is the reference's 2.0 row transposed).
-REFERENCE_TEMPLATE_2 = [(1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15), (38, 19), (46, 23), (60, 30), (74, 37), (90, 45)]  # fmt: skip
-REFERENCE_TEMPLATE_4_3 = [(1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15), (24, 18), (28, 21), (36, 27), (48, 36), (60, 45), (72, 54)]  # fmt: skip
+# Every tall template (h/w ≥ 1) in full, 13 grids (h, w) each, written out by hand from the reference's
+# ``ratio2hws`` table in its order; the wide templates (h/w < 1) are these transposed, under the key
+# int(1000 / ratio) / 1000 (0.8, 0.75, 0.666, 0.571, 0.5, 0.4, 0.333).
+REFERENCE_TALL_TEMPLATES = {
+    1.0: [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32), (40, 40), (48, 48), (64, 64)],
+    1.25: [(1, 1), (2, 2), (3, 3), (5, 4), (10, 8), (15, 12), (20, 16), (25, 20), (30, 24), (35, 28), (45, 36), (55, 44), (70, 56)],
+    1.333: [(1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15), (24, 18), (28, 21), (36, 27), (48, 36), (60, 45), (72, 54)],
+    1.5: [(1, 1), (2, 2), (3, 2), (6, 4), (9, 6), (15, 10), (21, 14), (27, 18), (33, 22), (39, 26), (48, 32), (63, 42), (78, 52)],
+    1.75: [(1, 1), (2, 2), (3, 3), (7, 4), (11, 6), (14, 8), (21, 12), (28, 16), (35, 20), (42, 24), (56, 32), (70, 40), (84, 48)],
+    2.0: [(1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15), (38, 19), (46, 23), (60, 30), (74, 37), (90, 45)],
+    2.5: [(1, 1), (2, 2), (5, 2), (10, 4), (15, 6), (20, 8), (25, 10), (30, 12), (40, 16), (50, 20), (65, 26), (80, 32), (100, 40)],
+    3.0: [(1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12), (45, 15), (54, 18), (72, 24), (90, 30), (111, 37)],
+}  # fmt: skip
+# The wide twin of each tall template (reference key of the transpose).
+REFERENCE_WIDE_KEYS = {1.25: 0.8, 1.333: 0.75, 1.5: 0.666, 1.75: 0.571, 2.0: 0.5, 2.5: 0.4, 3.0: 0.333}
+# The reference's template order (its dict of all 15 templates: each tall key followed by its wide twin), in
+# which ``np.argmin`` breaks an exact tie.
+REFERENCE_TEMPLATE_ORDER = (
+    1.0,
+    1.25,
+    0.8,
+    1.333,
+    0.75,
+    1.5,
+    0.666,
+    1.75,
+    0.571,
+    2.0,
+    0.5,
+    2.5,
+    0.4,
+    3.0,
+    0.333,
+)
+
+
+def _reference_full_table() -> dict[float, list[tuple[int, int]]]:
+    table = dict(REFERENCE_TALL_TEMPLATES)
+    for tall, wide in REFERENCE_WIDE_KEYS.items():
+        table[wide] = [(w, h) for h, w in REFERENCE_TALL_TEMPLATES[tall]]
+    return table
 
 
 def test_aspect_ratio_templates_equal_the_reference_tables():
@@ -342,36 +381,89 @@ def test_aspect_ratio_templates_equal_the_reference_tables():
         template_schedule,
     )
 
-    assert ASPECT_RATIOS == tuple(sorted(REFERENCE_LAST_GRIDS)) and len(ASPECT_RATIOS) == 15
+    table = _reference_full_table()
+    assert ASPECT_RATIOS == tuple(sorted(table)) == tuple(sorted(REFERENCE_LAST_GRIDS)) and len(table) == 15
     assert TEMPLATE_SCALE_COUNTS == (7, 10, 12, 13)
-    for ratio, last_grids in REFERENCE_LAST_GRIDS.items():
-        for num_scales, last in zip(TEMPLATE_SCALE_COUNTS, last_grids):
-            schedule = validate_schedule(template_schedule(ratio, num_scales))
-            assert len(schedule) == num_scales and schedule[-1] == last, (ratio, num_scales)
-            assert abs(last[0] / last[1] - ratio) < 0.01 * ratio  # ends on the template's aspect ratio
-        grids = ASPECT_RATIO_TEMPLATES[ratio]
-        assert len(grids) == 13 and grids[:2] == ((1, 1), (2, 2))
-        # A wide template is its tall twin transposed.
-        twin = min(ASPECT_RATIOS, key=lambda r: abs(r - 1 / ratio))
-        assert ASPECT_RATIO_TEMPLATES[twin] == tuple((w, h) for h, w in grids)
-    assert template_schedule(2.0, 13) == REFERENCE_TEMPLATE_2
-    assert template_schedule(0.5, 13) == [(w, h) for h, w in REFERENCE_TEMPLATE_2]
-    assert template_schedule(4 / 3, 13) == REFERENCE_TEMPLATE_4_3
-    # Sequence lengths of one scale count stay close to the square schedule's (521 tokens at 7 scales).
+    # The hand-written wide keys are the reference's int(1000 / ratio) / 1000.
+    assert all(wide == int(1 / tall * 1000) / 1000 for tall, wide in REFERENCE_WIDE_KEYS.items())
+    for ratio, grids in table.items():
+        # The whole 13-grid template, grid for grid.
+        assert ASPECT_RATIO_TEMPLATES[ratio] == tuple(grids), ratio
+        # The reference's per-count schedules (its 0.06M/0.25M/0.60M/1M presets at 7, 10, 12, 13 scales, and
+        # the truncation ``scales[:n]`` its trainer applies for fewer scales) are prefixes of the table row
+        # (with a time extent t that images ignore): every scale count 1..13 is the row's first n grids.
+        for num_scales in range(1, 14):
+            schedule = template_schedule(ratio, num_scales)
+            assert schedule == grids[:num_scales], (ratio, num_scales)
+            validate_schedule(schedule)
+        # The preset counts end on the template's aspect ratio (the reference asserts this within 0.01).
+        for num_scales, last in zip(TEMPLATE_SCALE_COUNTS, REFERENCE_LAST_GRIDS[ratio]):
+            assert grids[num_scales - 1] == last, (ratio, num_scales)
+            assert abs(last[0] / last[1] - ratio) < 0.01, (ratio, num_scales)
+    # A wide template is its tall twin transposed, in the project's table too.
+    for tall, wide in REFERENCE_WIDE_KEYS.items():
+        assert ASPECT_RATIO_TEMPLATES[wide] == tuple((w, h) for h, w in ASPECT_RATIO_TEMPLATES[tall])
+        assert template_schedule(wide, 13) == [(w, h) for h, w in REFERENCE_TALL_TEMPLATES[tall]]
+    # Grids only grow, and at one scale count the token counts stay close to the square schedule's
+    # (521 tokens at 7 scales).
     assert all(440 <= num_tokens(template_schedule(r, 7)) <= 670 for r in ASPECT_RATIOS)
+    assert template_schedule(4 / 3, 13) == REFERENCE_TALL_TEMPLATES[1.333]
+
+
+def _reference_nearest(h_div_w: float) -> float:
+    # The reference's lookup: templates[np.argmin(np.abs(h_div_w - templates))] over its table order.
+    templates = np.array(REFERENCE_TEMPLATE_ORDER)
+    return float(templates[np.argmin(np.abs(h_div_w - templates))])
 
 
 def test_nearest_template_for_an_image_size():
     from infinity_lit.quantizer import nearest_aspect_ratio, template_schedule
+    from infinity_lit.quantizer.schedules import TEMPLATE_ORDER
 
+    assert TEMPLATE_ORDER == REFERENCE_TEMPLATE_ORDER
     assert nearest_aspect_ratio(256 / 512) == 0.5
     assert nearest_aspect_ratio(1080 / 1920) == 0.571  # 16:9 video frames
     assert nearest_aspect_ratio(4000 / 6000) == 0.666  # 3:2 photographs
     assert nearest_aspect_ratio(10.0) == 3.0 and nearest_aspect_ratio(0.01) == 0.333
-    assert nearest_aspect_ratio(0.9) == 0.8  # equidistant from 0.8 and 1.0: the smaller
+    # Exact ties (equal float64 distances) go to the template listed first in the reference's order, which
+    # is the larger ratio below 1 and the smaller one above.
+    ties = {
+        0.9: 1.0,
+        0.45: 0.5,
+        0.5355: 0.571,
+        0.775: 0.8,
+        1.125: 1.0,
+        1.625: 1.5,
+        1.875: 1.75,
+        2.25: 2.0,
+        2.75: 2.5,
+    }
+    for h_div_w, template in ties.items():
+        below, above = (
+            max(r for r in TEMPLATE_ORDER if r < h_div_w),
+            min(r for r in TEMPLATE_ORDER if r > h_div_w),
+        )
+        assert abs(h_div_w - below) == abs(h_div_w - above), h_div_w  # really a tie in float64
+        assert nearest_aspect_ratio(h_div_w) == template == _reference_nearest(h_div_w), h_div_w
+    assert template_schedule(0.9, 7)[-1] == (16, 16) and template_schedule(0.45, 7)[-1] == (11, 22)
+    # Around every midpoint between neighbouring templates (ties or not), float for float, and over a sweep
+    # of image shapes, the lookup is the reference's.
+    ordered = sorted(REFERENCE_TEMPLATE_ORDER)
+    for lo, hi in itertools.pairwise(ordered):
+        x = (lo + hi) / 2
+        for _ in range(40):
+            x = math.nextafter(x, 0.0)
+        for _ in range(80):
+            assert nearest_aspect_ratio(x) == _reference_nearest(x), x
+            x = math.nextafter(x, math.inf)
+    for h in range(16, 1025, 16):
+        for w in range(16, 1025, 48):
+            assert nearest_aspect_ratio(h / w) == _reference_nearest(h / w), (h, w)
     assert template_schedule(1080 / 1920, 7)[-1] == (12, 21)
     with pytest.raises(ValueError, match="positive"):
         nearest_aspect_ratio(0.0)
+    with pytest.raises(ValueError, match="positive"):
+        nearest_aspect_ratio(float("nan"))
     with pytest.raises(ValueError, match="num_scales"):
         template_schedule(1.0, 14)
     with pytest.raises(ValueError, match=r"no scale schedule template for h/w = 0.6;.*0.571, 0.666"):
