@@ -673,3 +673,48 @@ def test_sampling_on_an_aspect_ratio_schedule(text_encoder):
     assert a.images.shape == (2, 3, 64, 128)
     assert [t.shape[1] for t in a.bits] == [h * w for h, w in wide]
     assert all(torch.equal(x, y) for x, y in zip(a.bits, b.bits))
+
+
+@pytest.mark.parametrize("h_div_w", [2.0, 0.5])
+def test_template_sized_batches_cached_logits_equal_teacher_forced(h_div_w, render_emoji):
+    """A batch of the size of the method's 7-scale template for h/w 2 (352×176) and 1/2 (176×352) at stride
+    16: the tokenizer (square 256² schedule of 7 scales) picks that template for the size, quantises on it,
+    and the generator's KV-cached logits equal its teacher-forced ones on that schedule."""
+    from infinity_lit.quantizer import square_schedule, template_schedule
+
+    torch.manual_seed(0)
+    tokenizer = BitwiseTokenizer(
+        TokenizerConfig(
+            codebook_dim=4,
+            scale_schedule=square_schedule(16),  # 7 scales, 256² images
+            base_channels=4,
+            channel_multipliers=[1, 1, 1, 1, 1],
+            num_res_blocks=1,
+            num_groups=2,
+        )
+    ).eval()
+    tokenizer.requires_grad_(False)
+    assert tokenizer.stride == 16
+    template = template_schedule(h_div_w, 7)
+    (h, w) = template[-1]
+    assert (h, w) == {2.0: (22, 11), 0.5: (11, 22)}[h_div_w]
+    H, W = h * 16, w * 16
+    schedule = tokenizer.schedule_for(H, W)
+    assert schedule == template and schedule != square_schedule(16)
+    model = tiny_model(schedule=tokenizer.scale_schedule)
+    images = render_emoji("😀🍎", size=max(H, W)).float() / 127.5 - 1
+    images = images[:, :, :H, :W].contiguous()  # (2, 3, H, W)
+    with torch.no_grad():
+        out = tokenizer.quantize(tokenizer.encode(images), scale_schedule=schedule)
+    assert [tuple(c.shape[-2:]) for c in out.codes] == template
+    x = teacher_forcing_inputs(out.codes, schedule)
+    text = random_text(B=2, C=8)
+    bounds = scale_bounds(schedule)
+    with torch.no_grad():
+        full = model(x, text, schedule=schedule)
+        state = model.start(text, schedule)
+        parts = [model.forward_scale(state, None)]
+        parts += [model.forward_scale(state, x[:, a - 1 : b - 1]) for a, b in bounds[1:]]
+    assert full.shape == (2, bounds[-1][1], 4, 2) and bounds[-1][1] == 451
+    assert full.abs().max() > 0
+    assert (torch.cat(parts, 1) - full).abs().max() <= 1e-5
