@@ -6,8 +6,10 @@
     infinity-lit study status runs/studies/bit_flip_rate                      done / running / failed, with times
     infinity-lit study report runs/studies/bit_flip_rate                      rebuild the comparison page
 
-``run`` resumes: finished stages are skipped, interrupted fits resume from ``last.ckpt``, failed stages are
-retried. It exits with status 1 when an (arm, seed) failed (the others still ran; the report lists it).
+``run`` first checks, as ``check`` does, that every arm's deltas parse against their stage (a bad one stops it
+with one line before anything is trained), then resumes: finished stages are skipped, interrupted fits
+resume from ``last.ckpt``, failed stages are retried. It exits with status 1 when an (arm, seed) failed (the
+others still ran; the report lists it).
 """
 
 from __future__ import annotations

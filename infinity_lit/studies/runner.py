@@ -41,7 +41,7 @@ import yaml
 
 from infinity_lit import runs
 
-from .spec import TRAIN_STAGES, Arm, Study, load_study, resolved_spec, stage_key
+from .spec import TRAIN_STAGES, Arm, Study, check_deltas, load_study, resolved_spec, stage_key
 
 #: Stages of one (arm, seed), in order; each consumes the ones named in ``UPSTREAM``.
 STAGES = ("tokenizer", "generator", "recon", "samples", "score")
@@ -323,6 +323,7 @@ def run_study(
     threads: int | None = None,
     slurm: dict[str, Any] | None = None,
     report: bool = True,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) every (arm, seed) of a study through every stage, then write the comparison.
 
@@ -337,16 +338,22 @@ def run_study(
             default: torch's default (all cores) for "local", cores // jobs for "parallel".
         slurm: submitit SLURM parameters, e.g. {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 600}.
         report: write the comparison report at the end.
+        check: first parse every arm's stacked config against its stage (``spec.check_deltas``; each
+            distinct config once, a few seconds each), so that a bad delta stops the study before anything
+            is written or trained.
 
     Returns:
         {"out": folder, "status": ``status`` rows, "failed": number of failed (arm, seed), "report": paths}.
 
     Raises:
-        StudyError: an invalid spec (before anything runs).
+        StudyError: an invalid spec, or (``check``) a delta that does not parse against its stage; raised
+            before anything runs.
     """
     from . import stages
 
     study = load_study(spec)
+    if check:
+        check_deltas(study)
     out = Path(out) if out is not None else STUDIES_DIR / study.name
     tasks = plan(study)
     data_dir = stages.prepare_data(out / "data", study.data)

@@ -350,3 +350,32 @@ def test_a_bad_spec_is_one_line_from_the_cli(recipes, openmoji_shards, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "arms[0].name: must be a string" in err and "quote it" in err
+
+
+def test_run_refuses_a_delta_that_does_not_parse_before_training_anything(
+    recipes, openmoji_shards, tmp_path, capsys
+):
+    from infinity_lit.cli import run
+
+    spec = write_spec(
+        recipes,
+        openmoji_shards,
+        seeds=[0],
+        arms=[
+            {"name": "p00", "value": 0.0},
+            {"name": "bad", "value": 0.1, "generator": {"model": {"max_flip_probability": 0.1}}},
+        ],
+    )
+    out = tmp_path / "study"
+    with pytest.raises(
+        StudyError, match=r"arms\[bad\]\.generator: does not parse.*max_flip_probability"
+    ) as info:
+        run_study(spec, out=out)
+    assert "\n" not in str(info.value)
+    assert not out.exists()  # checked before the output folder, let alone a tokenizer, was made
+    with pytest.raises(SystemExit) as exit_:
+        run(["study", "run", str(spec), "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "arms[bad].generator: does not parse" in err
+    assert not out.exists()
