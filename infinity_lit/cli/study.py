@@ -3,7 +3,7 @@
     infinity-lit study check  experiments/studies/bit_flip_rate.yaml          validate the spec (and every delta)
     infinity-lit study run    experiments/studies/bit_flip_rate.yaml [--out runs/studies/bit_flip_rate]
                               [--launcher local|parallel|slurm] [--jobs N] [--threads T] [--slurm '{partition: gpu}']
-    infinity-lit study status runs/studies/bit_flip_rate                      done / running / failed, with times
+    infinity-lit study status runs/studies/bit_flip_rate                      done / running / interrupted / failed, times
     infinity-lit study report runs/studies/bit_flip_rate                      rebuild the comparison page
 
 ``run`` first checks, as ``check`` does, that every arm's deltas parse against their stage (a bad one stops it
@@ -44,7 +44,8 @@ def check(spec: Path, deltas: bool = True) -> str:
 
 
 def status(out: Path) -> list[dict[str, Any]]:
-    """What is done, running, failed or pending in a study's output folder, with the stages' times.
+    """What is done, running, interrupted (its process gone: ``study run`` resumes it), failed or pending in
+    a study's output folder, with the stages' times.
 
     Args:
         out: the study output folder (``runs/studies/<name>``).

@@ -16,8 +16,10 @@ Each stage has a key (``spec.stage_key``: its stacked config, seed, data and ups
 (arm, seed) in spec order that needs a key computes it in its own folder; every other (arm, seed) with
 that key gets a symbolic link to that folder (e.g. the bit-flip arms share one tokenizer per seed). A
 finished stage leaves ``DONE.json``; a failed one ``FAILED.json`` with the error, and its downstream
-stages are marked failed too while the other (arm, seed) carry on. Running again skips finished stages,
-resumes interrupted fits from ``last.ckpt`` and retries failed ones.
+stages are marked failed too while the other (arm, seed) carry on. A stage in progress holds ``RUNNING``,
+naming the process that runs it (pid and host), so that a stage whose process was killed reads as
+"interrupted" rather than "running". Running again skips finished stages, resumes interrupted fits from
+``last.ckpt`` and retries failed ones.
 
 Stages run in waves (all tokenizer fits, then all generator fits, then the evaluations), so that the
 stages of one wave are independent and can run side by side: ``launcher="local"`` runs them one after
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -55,6 +58,10 @@ UPSTREAM = {
 #: Default parent folder of study outputs.
 STUDIES_DIR = runs.RUNS_ROOT / "studies"
 FAILED = "FAILED.json"
+#: Marker of a stage in progress: JSON {"since", "pid", "host", "process_start"} of the process running it.
+RUNNING = "RUNNING"
+#: What ``format_status`` says of a stage whose process is gone.
+INTERRUPTED = "interrupted (re-run `study run` to resume)"
 #: File holding the stage key a folder was computed for (an edited spec changes it: the stage reruns).
 KEY = "STAGE_KEY"
 
@@ -150,8 +157,80 @@ _NO_DELTAS = Arm(name="-", value=None, deltas={})
 # ------------------------------------------------------------------------------------------ state
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first; the process's start time,
+    in clock ticks since boot, at index 19), or None where there is no such file (no such process, or no
+    ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def mark_running(folder: Path) -> dict[str, Any]:
+    """Write ``folder/RUNNING``: when the stage started and the process that runs it (pid, host name and
+    the process's start time where ``/proc`` gives it), so that ``stage_state`` can tell a stage in
+    progress from one whose process was killed.
+
+    Returns:
+        the record written.
+    """
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    record = {
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "pid": pid,
+        "host": socket.gethostname(),
+        "process_start": stat[19] if stat is not None and len(stat) > 19 else None,
+    }
+    runs.atomic_write_text(folder / RUNNING, json.dumps(record))
+    return record
+
+
+def process_alive(record: dict[str, Any]) -> bool | None:
+    """Whether the process a ``RUNNING`` record names still runs: False when it is gone (no such process,
+    a zombie, or its pid now belongs to a later process), None when this machine cannot tell (a marker
+    from another host, or one without a pid)."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or record.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # a process of another user: it exists
+    except OSError:
+        return None
+    stat = _proc_stat(pid)
+    if stat is not None:
+        if stat[0] in ("Z", "X"):  # ended, not yet reaped by its parent
+            return False
+        started = record.get("process_start")
+        if started is not None and len(stat) > 19 and stat[19] != started:
+            return False
+    return True
+
+
+def _running_record(marker: Path) -> dict[str, Any] | None:
+    """A ``RUNNING`` marker's record (``{"since": text}`` for a marker without a process), None if absent."""
+    try:
+        text = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = None
+    return record if isinstance(record, dict) else {"since": text}
+
+
 def stage_state(out: Path, task: Task) -> dict[str, Any]:
-    """{"state": "done"|"failed"|"running"|"pending", ...the marker's record} of a task's owner folder."""
+    """{"state": "done"|"failed"|"running"|"interrupted"|"stale"|"pending", ...the marker's record} of a
+    task's owner folder. "interrupted": a stage marked running whose process is gone (``process_alive``;
+    killed, or its machine restarted); running the study again resumes it. A stage marked running on
+    another host, which cannot be checked from here, reads as "running"."""
     folder = out / task.owner
     key_file = folder / KEY
     if key_file.is_file() and key_file.read_text(encoding="utf-8").strip() != task.key:
@@ -163,8 +242,9 @@ def stage_state(out: Path, task: Task) -> dict[str, Any]:
     failed = folder / FAILED
     if failed.is_file():
         return {"state": "failed", **json.loads(failed.read_text(encoding="utf-8"))}
-    if (folder / "RUNNING").is_file():
-        return {"state": "running", "since": (folder / "RUNNING").read_text(encoding="utf-8").strip()}
+    record = _running_record(folder / RUNNING)
+    if record is not None:
+        return {"state": "interrupted" if process_alive(record) is False else "running", **record}
     return {"state": "pending"}
 
 
@@ -203,6 +283,10 @@ def upstream_failure(out: Path, task: Task) -> dict[str, Any] | None:
 def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, Any]:
     """Run one stage (in this process) unless it is done; writes ``DONE.json`` or ``FAILED.json``.
 
+    While it runs, the stage holds a ``RUNNING`` marker (``mark_running``), removed when it finishes or
+    fails; a stage stopped by a signal (SIGTERM, Ctrl+C: ``SystemExit`` / ``KeyboardInterrupt``, raised
+    again) keeps it, and reads "interrupted" once this process has ended.
+
     A module-level function of plain arguments, so that submitit can pickle it.
 
     Returns:
@@ -225,10 +309,11 @@ def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, An
         folder.mkdir(parents=True)
     runs.atomic_write_text(folder / KEY, task.key)
     (folder / FAILED).unlink(missing_ok=True)
-    runs.atomic_write_text(folder / "RUNNING", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    mark_running(folder)
     arm = study.arm(task.arm)
     ev = study.evaluation
     start = time.time()
+    stopped = False
     try:
         if task.stage in TRAIN_STAGES:
             overrides = ["--seed_everything", str(task.seed)]
@@ -270,8 +355,14 @@ def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, An
         }
         runs.atomic_write_text(folder / FAILED, json.dumps(record, indent=2))
         return {"state": "failed", **record}
+    except BaseException:
+        # Stopped (SIGTERM, Ctrl+C), not failed: the marker stays, so that the stage reads "interrupted"
+        # once this process has ended.
+        stopped = True
+        raise
     finally:
-        (folder / "RUNNING").unlink(missing_ok=True)
+        if not stopped:
+            (folder / RUNNING).unlink(missing_ok=True)
     return stage_state(root, task)
 
 
@@ -439,8 +530,8 @@ def execute_with_threads(
 
 
 def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
-    """One row per (arm, seed): its state (done / failed / running / pending, the worst of its stages),
-    the state and seconds of each stage, and the first error.
+    """One row per (arm, seed): its state (done / failed / interrupted / running / stale / pending, the worst
+    of its stages), the state and seconds of each stage, and the first error.
 
     Args:
         out: the study output folder.
@@ -448,7 +539,7 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
     """
     out = Path(out)
     study = study if study is not None else load_study(out / "study.yaml")
-    order = {"failed": 4, "running": 3, "stale": 2, "pending": 1, "done": 0}
+    order = {"failed": 5, "interrupted": 4, "running": 3, "stale": 2, "pending": 1, "done": 0}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for task in plan(study):
         state = stage_state(out, task)
@@ -469,8 +560,8 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
 
 
 def format_status(rows: Sequence[dict[str, Any]]) -> str:
-    """``status`` rows as a text table."""
-    lines = [f"{'arm':<16} {'seed':>4}  {'state':<8} " + " ".join(f"{s:<10}" for s in STAGES)]
+    """``status`` rows as a text table (an interrupted stage with a line saying how to resume it)."""
+    lines = [f"{'arm':<16} {'seed':>4}  {'state':<11} " + " ".join(f"{s:<12}" for s in STAGES)]
     for row in rows:
         cells = []
         for stage in STAGES:
@@ -478,10 +569,13 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
             text = st["state"] + ("*" if st["shared_with"] else "")
             if st["seconds"] is not None and st["state"] == "done" and not st["shared_with"]:
                 text = f"{st['seconds']:.0f}s"
-            cells.append(f"{text:<10}")
-        lines.append(f"{row['arm']:<16} {row['seed']:>4}  {row['state']:<8} " + " ".join(cells))
+            cells.append(f"{text:<12}")
+        lines.append(f"{row['arm']:<16} {row['seed']:>4}  {row['state']:<11} " + " ".join(cells))
         if row["error"]:
             lines.append(f"{'':<16} {'':>4}  error: {row['error']}")
+        for stage in STAGES:
+            if row["stages"][stage]["state"] == "interrupted":
+                lines.append(f"{'':<16} {'':>4}  {stage} {INTERRUPTED}")
     lines.append("(* shared with another arm's stage)")
     return "\n".join(lines)
 

@@ -379,3 +379,82 @@ def test_run_refuses_a_delta_that_does_not_parse_before_training_anything(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "arms[bad].generator: does not parse" in err
     assert not out.exists()
+
+
+def test_a_stage_records_its_process_and_status_tells_a_killed_one(
+    recipes, openmoji_shards, tmp_path, capsys
+):
+    import socket
+    import subprocess
+    import sys
+
+    from infinity_lit import runs
+    from infinity_lit.cli import run
+    from infinity_lit.studies import runner
+
+    spec = write_spec(recipes, openmoji_shards)
+    study = load_study(spec)
+    out = tmp_path / "study"
+    tasks = plan(study)
+    runner._prepare(study, out, tasks)
+    tokenizer, recon = (
+        next(t for t in tasks if (t.arm, t.seed, t.stage) == ("p00", 0, s)) for s in ("tokenizer", "recon")
+    )
+
+    # While a stage runs, its marker names the process (and host) running it; it is gone afterwards.
+    seen = {}
+
+    def reconstruction(*args, **kwargs):
+        seen.update(json.loads((out / recon.owner / runner.RUNNING).read_text()))
+        raise RuntimeError("stop here")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("infinity_lit.studies.stages.reconstruction", reconstruction)
+        runs.mark_done(out / tokenizer.owner, {"seconds": 1.0})
+        state = runner.execute(str(spec), str(out), recon, str(openmoji_shards))
+    assert state["state"] == "failed" and "stop here" in state["error"]
+    assert seen["pid"] == os.getpid() and seen["host"] == socket.gethostname() and seen["since"]
+    assert not (out / recon.owner / runner.RUNNING).exists()
+
+    # A stage stopped by a signal (Ctrl+C here) keeps its marker: once its process is gone, it is interrupted.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("infinity_lit.studies.stages.reconstruction", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            runner.execute(str(spec), str(out), recon, str(openmoji_shards))
+    assert json.loads((out / recon.owner / runner.RUNNING).read_text())["pid"] == os.getpid()
+    assert runner.stage_state(out, recon)["state"] == "running"  # this process still runs
+    (out / recon.owner / runner.RUNNING).unlink()
+
+    # A study process that marked its stage and was then killed: "running" while it lives, "interrupted" after.
+    (out / tokenizer.owner / "DONE.json").unlink()
+    code = (
+        "import sys, time; from pathlib import Path; from infinity_lit.studies.runner import mark_running; "
+        "mark_running(Path(sys.argv[1])); print('marked', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(out / tokenizer.owner)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "marked"
+        state = runner.stage_state(out, tokenizer)
+        assert state["state"] == "running" and state["pid"] == proc.pid
+        assert {(r["arm"], r["seed"]): r["state"] for r in status(out, study)}[("p00", 0)] == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert runner.stage_state(out, tokenizer)["state"] == "interrupted"
+    rows = run(["study", "status", str(out)])
+    printed = capsys.readouterr().out
+    states = {(r["arm"], r["seed"]): r["state"] for r in rows}
+    assert states[("p00", 0)] == states[("p30", 0)] == "interrupted"  # p30 shares that tokenizer
+    assert states[("p00", 1)] == "pending"
+    assert "tokenizer interrupted (re-run `study run` to resume)" in printed
+
+    # A marker from another machine cannot be checked from here: it still reads "running".
+    marker = out / tokenizer.owner / runner.RUNNING
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "host": "another-host.invalid"}))
+    assert runner.stage_state(out, tokenizer)["state"] == "running"
