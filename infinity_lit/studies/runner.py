@@ -328,6 +328,7 @@ def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, An
                 data_dir=Path(data_dir),
                 resolution=study.data.resolution,
                 overrides=overrides,
+                hparams_session=False,  # the study's own session per (arm, seed): write_hparams
             )
         elif task.stage == "recon":
             tokenizer = runs.last_checkpoint(root / task.upstream["tokenizer"] / runs.STAGE_RUN)

@@ -51,6 +51,7 @@ def fit(
     max_time: str | None = None,
     max_steps: int | None = None,
     overrides: list[str] | None = None,
+    hparams_session: bool = True,
 ) -> Path:
     """Fit (or resume) ``model`` with ``recipe`` into ``OUT/<model>/run``; returns its ``last.ckpt``.
 
@@ -64,6 +65,8 @@ def fit(
         max_time: time budget "DD:HH:MM:SS" overriding the recipe's.
         max_steps: step budget overriding the recipe's (and lifting its time budget).
         overrides: further LightningCLI arguments (``["--model.x", "1"]``).
+        hparams_session: let the fit log its own TensorBoard HParams session (``--hparams_session``); the
+            study runner turns it off and writes one session per (arm, seed) itself.
 
     Raises:
         RuntimeError: training ended without writing ``last.ckpt``.
@@ -85,6 +88,8 @@ def fit(
         *runs.logger_args(out, model, runs.STAGE_RUN),
         *(overrides or []),
     ]
+    if not hparams_session:
+        args += ["--hparams_session", "false"]
     if max_time is not None:
         args += ["--trainer.max_time", max_time]
     if max_steps is not None:

@@ -4,7 +4,8 @@ Both are LightningCLI over one LightningModule and any LightningDataModule (``da
 with an always-on ``RunCheckpoint`` (``--checkpoint.*``: ``last.ckpt`` always the latest state; with
 ``--checkpoint.monitor``, a separate ``best.ckpt``; written by Lightning), a TensorBoard logger (no ``hp_metric`` placeholder) and ``HParamsWithFinalMetrics``, so
 TensorBoard's HParams tab lists every run of a parent log folder with its hyper-parameters and final
-metrics; seed 0 by default; attribute docstrings in ``--help`` / ``--print_config``.
+metrics (``--hparams_session false`` leaves that session out: a study writes one per arm and seed of its
+own); seed 0 by default; attribute docstrings in ``--help`` / ``--print_config``.
 
 Where a run goes is ``infinity_lit.runs``: ``fit`` writes ``runs/<model>/<run_name>/`` (no version level;
 ``run_name`` is a top-level recipe key, default the stem of the first ``--config`` file), ``validate`` /
@@ -309,9 +310,13 @@ def _user_error(message: str) -> None:
     raise SystemExit(2)
 
 
+#: Top-level option: log the run's HParams session (``HParamsWithFinalMetrics``) at the end of fit / test.
+HPARAMS_SESSION_KEY = "hparams_session"
+
+
 class RunCLI(LightningCLI):
     """LightningCLI with an always-on ``RunCheckpoint`` (``--checkpoint.*``) that keeps ``last.ckpt``, a
-    top-level ``run_name`` and the run-folder layout of ``infinity_lit.runs``."""
+    top-level ``run_name`` and ``hparams_session``, and the run-folder layout of ``infinity_lit.runs``."""
 
     #: Subcommands offered (None: all of LightningCLI's).
     allowed_subcommands: tuple[str, ...] | None = None
@@ -340,6 +345,14 @@ class RunCLI(LightningCLI):
             default=None,
             help="Name of the run folder: fit writes runs/<model>/<run_name>/ (default: the stem of the first "
             "--config file, else 'default'). An explicit trainer.logger name takes precedence.",
+        )
+        parser.add_argument(
+            f"--{HPARAMS_SESSION_KEY}",
+            type=bool,
+            default=True,
+            help="At the end of fit (test), log the run's hyper-parameters with its final val/ (test/) metrics "
+            "as a TensorBoard HParams session. The study runner turns it off: a study logs one session per "
+            "arm and seed of its own.",
         )
 
     def _parse_ckpt_path(self) -> None:
@@ -383,6 +396,16 @@ class RunCLI(LightningCLI):
             check_ckpt_path(config.ckpt_path, getattr(self.model_class, "checkpoint_kind", None))
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        if self._get(self.config_init, HPARAMS_SESSION_KEY, default=True) is False:
+            # No HParams session of this run (the default callback; one the config names is kept).
+            self.trainer_defaults = {
+                **self.trainer_defaults,
+                "callbacks": [
+                    c
+                    for c in _as_list(self.trainer_defaults.get("callbacks"))
+                    if not isinstance(c, HParamsWithFinalMetrics)
+                ],
+            }
         # The default progress bar is StepProgressBar, unless the config names a progress bar or disables it.
         trainer = self._get(self.config_init, "trainer", default={})
         given = _as_list(trainer.get("callbacks"))

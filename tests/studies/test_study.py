@@ -282,6 +282,25 @@ def test_study_fingerprints_are_contents_and_hparams_are_one_session_per_run(fin
     assert not (out / "broken" / "seed_0" / "hparams").exists()
 
 
+def test_tensorboard_holds_one_hparams_session_per_arm_and_seed(finished_study):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    _, out, result = finished_study
+    sessions = []
+    for folder, _, files in os.walk(out):  # links not followed: a shared stage's run counts once
+        for name in files:
+            if name.startswith("events.out.tfevents"):
+                for event in EventFileLoader(os.path.join(folder, name)).Load():
+                    if any(v.tag == "_hparams_/session_start_info" for v in event.summary.value):
+                        sessions.append(Path(folder).relative_to(out).as_posix())
+    done = sorted(f"{r['arm']}/seed_{r['seed']}/hparams" for r in result["status"] if r["state"] == "done")
+    assert len(done) == 4 and sorted(sessions) == done
+    # The fits, run without a session of their own, still log their curves (the final metrics come from them).
+    config = yaml.safe_load((out / "p00" / "seed_0" / "generator" / "run" / "config.yaml").read_text())
+    assert config["hparams_session"] is False
+    assert list((out / "p00" / "seed_0" / "generator" / "run").glob("events.out.tfevents*"))
+
+
 def test_rerun_skips_finished_stages_and_retries_failed_ones(finished_study):
     spec, out, _ = finished_study
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("p*/seed_*/*/DONE.json")}
