@@ -233,7 +233,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def block_causal_mask(schedule: ScaleSchedule) -> Tensor:
-    """(L, L) bool, True where query i may attend to key j: scale(j) ≤ scale(i)."""
+    """(L, L) bool, True where query i may attend to key j: scale(j) ≤ scale(i).
+
+    The pattern ``attention_by_scale`` computes without building it (kept as the reference for checks).
+    """
     ids = scale_ids(schedule)
     return ids[None, :] <= ids[:, None]
 
@@ -241,6 +244,34 @@ def block_causal_mask(schedule: ScaleSchedule) -> Tensor:
 def scale_ids(schedule: ScaleSchedule) -> Tensor:
     """(L,) int64: the scale index (0-based) of every position."""
     return torch.cat([torch.full((h * w,), k, dtype=torch.long) for k, (h, w) in enumerate(schedule)])
+
+
+def attention_by_scale(q: Tensor, k: Tensor, v: Tensor, bounds: list[tuple[int, int]]) -> Tensor:
+    """Block-causal attention computed one scale at a time, without an (L, L) mask.
+
+    The queries of scale k (positions [a_k, b_k)) attend to the keys [0, b_k): their own scale and every
+    earlier one, which is exactly ``scaled_dot_product_attention`` under ``block_causal_mask`` (logits
+    scale 1: q already carries the cosine attention's learned scale). The masked blocks (later scales) are
+    never computed, and nothing of size L² is built: at the 1024² schedule (L = 10,521) a boolean mask alone
+    is 111 MB, and the attention kernels turn it into a float one.
+
+    Args:
+        q, k, v: (B, H, L, hd); the positions run over whole scales, in order.
+        bounds: the [start, end) range of every scale in those L positions (``scale_bounds``), covering 0..L.
+
+    Returns:
+        (B, H, L, hd) in q's dtype.
+    """
+    if len(bounds) == 1:
+        a, b = bounds[0]
+        return F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], scale=1.0)
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], scale=1.0)
+            for a, b in bounds
+        ],
+        dim=2,
+    )
 
 
 # ---------------------------------------------------------------------------------------- layers
@@ -262,8 +293,15 @@ class SelfAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: dict[str, Tensor] | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        bounds: list[tuple[int, int]] | None,
+        cache: dict[str, Tensor] | None,
     ) -> Tensor:
+        """``bounds``: the [start, end) positions of every scale of ``x`` for the block-causal pass
+        (``attention_by_scale``); None: every query sees every key (one scale, after the cached ones)."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         scale = self.log_scale.clamp_max(math.log(100.0)).exp()
@@ -275,7 +313,10 @@ class SelfAttention(nn.Module):
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, N, hd)
+        if bounds is None:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, H, N, hd)
+        else:
+            out = attention_by_scale(q, k, v, bounds)
         return self.drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -336,14 +377,14 @@ class Block(nn.Module):
         ada: Tensor,
         cos: Tensor,
         sin: Tensor,
-        mask: Tensor | None,
+        bounds: list[tuple[int, int]] | None,
         text_kv: tuple[Tensor, Tensor] | None,
         text_mask: Tensor,
         cache: dict[str, Tensor] | None = None,
     ) -> Tensor:
         mod = (ada + self.ada_offsets).to(x.dtype).unsqueeze(2)  # (B, 6, 1, C)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(1)
-        x = x + gamma1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, mask, cache)
+        x = x + gamma1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, bounds, cache)
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x), text_kv, text_mask)
         return x + gamma2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
@@ -372,14 +413,14 @@ class TextContext:
 @dataclass(frozen=True)
 class ScheduleTables:
     """What a pass over one scale schedule needs: the schedule, each scale's [start, end) token range, the
-    2-D RoPE tables (L, head_dim/2) float32, the (L, L) bool block-causal mask and the (L,) int64 scale
-    index of every position, on the model's device (``BitwiseTransformer.tables``)."""
+    2-D RoPE tables (L, head_dim/2) float32 and the (L,) int64 scale index of every position, on the
+    model's device (``BitwiseTransformer.tables``). The block-causal pattern is the scale ranges themselves
+    (``attention_by_scale``): no (L, L) mask is built."""
 
     schedule: ScaleSchedule
     bounds: list[tuple[int, int]]
     cos: Tensor
     sin: Tensor
-    mask: Tensor
     scale_index: Tensor
 
 
@@ -446,7 +487,6 @@ class BitwiseTransformer(nn.Module):
         cos, sin = rope_2d(schedule, config.head_dim, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("attn_mask", block_causal_mask(schedule), persistent=False)
         self.register_buffer("scale_index", scale_ids(schedule), persistent=False)
         #: Tables of the other schedules passes have used, by (schedule, device).
         self._tables: dict[tuple[tuple[tuple[int, int], ...], torch.device], ScheduleTables] = {}
@@ -469,7 +509,7 @@ class BitwiseTransformer(nn.Module):
 
         Any schedule with the model's number of scales and its first scale serves (an aspect-ratio
         template, ``quantizer.template_schedule``): the weights do not depend on the grid sizes; the RoPE
-        positions, the block-causal mask and the scale ranges do. Built once per schedule and device.
+        positions and the scale ranges (the block-causal pattern) do. Built once per schedule and device.
 
         Raises:
             ValueError: an invalid schedule, or one whose scale count or first scale differs.
@@ -480,7 +520,6 @@ class BitwiseTransformer(nn.Module):
                 self.scale_bounds,
                 self.rope_cos,
                 self.rope_sin,
-                self.attn_mask,
                 self.scale_index,
             )
         schedule = validate_schedule(schedule)
@@ -498,7 +537,6 @@ class BitwiseTransformer(nn.Module):
                 scale_bounds(schedule),
                 cos.to(device),
                 sin.to(device),
-                block_causal_mask(schedule).to(device),
                 scale_ids(schedule).to(device),
             )
         return self._tables[key]
@@ -556,14 +594,14 @@ class BitwiseTransformer(nn.Module):
         num_scales: int | None = None,
         schedule: ScaleSchedule | None = None,
     ) -> Tensor:
-        """Teacher-forced pass with the block-causal mask, over all scales or a prefix of them.
+        """Teacher-forced pass, block-causal (``attention_by_scale``), over all scales or a prefix of them.
 
         Args:
             inputs: (B, L_n − h₁w₁, d) float, the next-scale inputs of scales 2..n (``next_scale_input``),
                 concatenated in scale order; L_n = Σ_{k≤n} h_k·w_k.
             text: the text features (B rows), after any CFG dropout.
             num_scales: n, the number of scales to run (default: all K). A prefix gives exactly the
-                logits of the full pass at those positions (the mask hides later scales).
+                logits of the full pass at those positions (no query sees a later scale).
             schedule: the scale schedule of the batch (default: the model's; see ``tables``), e.g. an
                 aspect-ratio template; every row of a batch has the same one.
 
@@ -586,10 +624,10 @@ class BitwiseTransformer(nn.Module):
         ctx = self.text_context(text)
         x = torch.cat([self._sos(ctx), self.word_embed(inputs)], dim=1)  # (B, L, C)
         x = x + self.scale_embed(t.scale_index[:L])
-        cos, sin, mask = t.cos[:L], t.sin[:L], t.mask[:L, :L]
+        cos, sin, bounds = t.cos[:L], t.sin[:L], t.bounds[:n]
         kv = [blk.cross.text_kv(ctx.tokens) if blk.cross is not None else None for blk in self.blocks]
         for blk, text_kv in zip(self.blocks, kv):
-            x = blk(x, ctx.ada, cos, sin, mask, text_kv, ctx.mask)
+            x = blk(x, ctx.ada, cos, sin, bounds, text_kv, ctx.mask)
         return self._logits(x, ctx)
 
     def _logits(self, x: Tensor, ctx: TextContext) -> Tensor:

@@ -22,6 +22,7 @@ from infinity_lit.generator.transformer import (
     PRESETS,
     BitwiseTransformer,
     TransformerConfig,
+    attention_by_scale,
     block_causal_mask,
     scale_positions,
 )
@@ -116,6 +117,36 @@ def test_mask_hides_later_scales_functionally():
     with torch.no_grad():
         a, b = model(x, text), model(y, text)
     assert torch.equal(a[:, :5], b[:, :5]) and (a[:, 5:] - b[:, 5:]).abs().max() > 1e-4
+
+
+def test_attention_by_scale_equals_masked_attention_with_gradients():
+    """Per-scale blocks give the masked SDPA's outputs and gradients, for the full schedule and a prefix."""
+    schedule = [(1, 1), (2, 2), (3, 3), (5, 5)]
+    bounds = scale_bounds(schedule)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(2, 3, 39, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)
+    )
+    mask = block_causal_mask(schedule)
+    for n in (len(schedule), 2):
+        L = bounds[n - 1][1]
+        ours = attention_by_scale(q[:, :, :L], k[:, :, :L], v[:, :, :L], bounds[:n])
+        ref = F.scaled_dot_product_attention(
+            q[:, :, :L], k[:, :, :L], v[:, :, :L], attn_mask=mask[:L, :L], scale=1.0
+        )
+        assert ours.shape == ref.shape == (2, 3, L, 8)
+        assert torch.allclose(ours, ref, atol=1e-12)
+        w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((ours * w).sum(), (q, k, v))
+        ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+        for a, b in zip(grads, ref_grads):
+            assert torch.allclose(a, b, atol=1e-12)
+    # the first query (scale 1) sees only the first key: changing any later key leaves it alone
+    k2 = k.detach().clone()
+    k2[:, :, 1:] += 1.0
+    a = attention_by_scale(q.detach(), k.detach(), v.detach(), bounds)
+    b = attention_by_scale(q.detach(), k2, v.detach(), bounds)
+    assert torch.equal(a[:, :, 0], b[:, :, 0]) and not torch.allclose(a[:, :, 1:], b[:, :, 1:])
 
 
 def test_rope_positions_map_scales_onto_the_final_grid():
@@ -645,7 +676,7 @@ def test_a_non_square_batch_through_tokenizer_and_generator(hw, render_emoji):
     h, w = schedule[-1]
     assert torch.equal(rows[a:b], torch.arange(h).repeat_interleave(w).double())
     assert torch.equal(cols[a:b], torch.arange(w).repeat(h).double())
-    assert tables.mask.shape == (b, b) and model.tables(schedule) is tables  # built once
+    assert tables.bounds[-1] == (a, b) and model.tables(schedule) is tables  # built once
     # The loss of the aspect-ratio pass trains the same parameters.
     model.train()
     loss = model.loss(model(x, text, schedule=schedule), torch.cat(out.bits, 1))
