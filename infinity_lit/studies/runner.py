@@ -21,11 +21,14 @@ naming the process that runs it (pid and host), so that a stage whose process wa
 "interrupted" rather than "running". Running again skips finished stages, resumes interrupted fits from
 ``last.ckpt`` and retries failed ones.
 
-Stages run in waves (all tokenizer fits, then all generator fits, then the evaluations), so that the
-stages of one wave are independent and can run side by side: ``launcher="local"`` runs them one after
-the other in this process; ``"parallel"`` and ``"slurm"`` hand each stage to submitit (its local
-executor on this machine, SLURM on a cluster), which is also the path the tests exercise with
-``"submitit-local"``.
+Stages are taken in waves (all tokenizer fits, then all generator fits, then the evaluations):
+``launcher="local"`` runs them one after the other in this process; ``"parallel"`` and ``"slurm"`` hand
+each stage to submitit (its local executor on this machine, SLURM on a cluster), which is also the path
+the tests exercise with ``"submitit-local"``. Those keep ``jobs`` stages in flight at once as a rolling
+pool (``run_pool``): a stage starts as soon as a slot is free and the stages it reads have ended, so a slow
+stage holds up only what is downstream of it. On this machine, slot ``k`` of the pool gets the CUDA device
+``k mod n`` of the ``n`` visible ones (``cuda_devices``), so parallel stages do not share a GPU while
+there are enough.
 """
 
 from __future__ import annotations
@@ -390,21 +393,68 @@ def _submitit_executor(out: Path, launcher: Launcher, threads: int | None, slurm
     return executor
 
 
-def _run_wave(
-    wave: Sequence[Task],
-    run_one: Callable[[Task], dict[str, Any]],
-    submit: Callable[[Sequence[Task]], list[dict[str, Any]]] | None,
+def cuda_devices() -> list[str]:
+    """The CUDA devices this process may hand out, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's own
+    entries when it is set (indices or UUIDs; none when it is empty), else ``0 … n-1`` for the devices torch
+    sees (none without CUDA)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def run_pool(
+    tasks: Sequence[Task],
+    submit_one: Callable[[Task, int], dict[str, Any]],
     jobs: int,
     report: Callable[[Task, dict[str, Any]], None],
+    blocked: Callable[[Task], dict[str, Any] | None] = lambda task: None,
 ) -> None:
-    if submit is None:
-        for task in wave:
-            report(task, run_one(task))
-        return
-    for start in range(0, len(wave), jobs):
-        chunk = list(wave[start : start + jobs])
-        for task, state in zip(chunk, submit(chunk)):
-            report(task, state)
+    """Run ``tasks`` through ``submit_one(task, slot)``, at most ``jobs`` at once, each on a slot
+    ``0 … jobs-1`` that no other task holds meanwhile: a rolling pool (``concurrent.futures``), not waves.
+
+    A task starts, in the order given, as soon as a slot is free and every stage it reads
+    (``Task.upstream``) that is among ``tasks`` has ended; ``blocked(task)`` is asked then, and a state
+    record it returns (an upstream stage failed) is reported instead of running the task. ``report(task,
+    state)`` is called in this thread as each task ends.
+
+    Raises:
+        whatever ``submit_one`` raises (the tasks in flight are waited for first).
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    jobs = max(1, jobs)
+    unfinished = {t.owner for t in tasks}
+    pending = list(tasks)
+    free = list(range(jobs))
+    running: dict[Future, tuple[Task, int]] = {}
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="study-stage") as pool:
+        while pending or running:
+            while free:
+                ready = next((t for t in pending if not unfinished & set(t.upstream.values())), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                state = blocked(ready)
+                if state is not None:
+                    unfinished.discard(ready.owner)
+                    report(ready, state)
+                    continue
+                slot = free.pop(0)
+                running[pool.submit(submit_one, ready, slot)] = (ready, slot)
+            if not running:
+                if pending:  # pragma: no cover - an upstream stage is always earlier in plan order
+                    raise RuntimeError(f"stages wait on stages that never run: {[t.owner for t in pending]}")
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f][1]):
+                task, slot = running.pop(future)
+                free.append(slot)
+                free.sort()
+                unfinished.discard(task.owner)
+                report(task, future.result())
 
 
 def run_study(
@@ -422,10 +472,11 @@ def run_study(
     Args:
         spec: the study spec YAML.
         out: output folder (default ``runs/studies/<study name>``).
-        launcher: "local" (one stage after the other, in this process), "parallel" (``jobs`` stages of a
-            wave at once, as local submitit jobs), "slurm" (one SLURM job per stage through submitit),
-            "submitit-local" (like "parallel" with ``jobs`` 1: the submitit path on one machine).
-        jobs: stages of one wave run at once (parallel / slurm).
+        launcher: "local" (one stage after the other, in this process), "parallel" (``jobs`` stages at
+            once, as local submitit jobs, slot ``k`` on CUDA device ``k mod n`` when ``n`` are visible),
+            "slurm" (one SLURM job per stage through submitit, ``jobs`` in flight), "submitit-local" (like
+            "parallel" with ``jobs`` 1: the submitit path on one machine).
+        jobs: stages run at once (parallel / slurm), as a rolling pool (``run_pool``).
         threads: CPU threads per stage (``torch.set_num_threads``; also submitit's cpus_per_task);
             default: torch's default (all cores) for "local", cores // jobs for "parallel".
         slurm: submitit SLURM parameters, e.g. {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 600}.
@@ -457,24 +508,28 @@ def run_study(
     def run_one(task: Task) -> dict[str, Any]:
         return execute_with_threads(spec_path, str(out), task, str(data_dir), threads)
 
-    submit = None
+    submit_one = None
     if launcher != "local":
-        executor = _submitit_executor(out, launcher, threads, slurm)
+        import threading
 
-        def submit(chunk: Sequence[Task]) -> list[dict[str, Any]]:
-            jobs_ = [
-                executor.submit(execute_with_threads, spec_path, str(out), t, str(data_dir), threads)
-                for t in chunk
-            ]
-            results = []
-            for job, task in zip(jobs_, chunk):
-                try:
-                    results.append(job.result())
-                except Exception as err:  # the job itself died (killed, out of memory, ...)
-                    record = {"stage": task.stage, "error": f"job {job.job_id} failed: {err}"}
-                    runs.atomic_write_text(out / task.owner / FAILED, json.dumps(record, indent=2))
-                    results.append({"state": "failed", **record})
-            return results
+        executor = _submitit_executor(out, launcher, threads, slurm)
+        # Local jobs: submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for
+        # some; each job is given its slot's device instead. SLURM gives its jobs their own devices.
+        devices = cuda_devices() if launcher in ("parallel", "submitit-local") else []
+        lock = threading.Lock()
+
+        def submit_one(task: Task, slot: int) -> dict[str, Any]:
+            device = devices[slot % len(devices)] if devices else None
+            with lock:  # one submission at a time; the jobs then run side by side
+                job = executor.submit(
+                    execute_with_threads, spec_path, str(out), task, str(data_dir), threads, device
+                )
+            try:
+                return job.result()
+            except Exception as err:  # the job itself died (killed, out of memory, ...)
+                record = {"stage": task.stage, "error": f"job {job.job_id} failed: {err}"}
+                runs.atomic_write_text(out / task.owner / FAILED, json.dumps(record, indent=2))
+                return {"state": "failed", **record}
 
         if launcher == "submitit-local":
             jobs = 1
@@ -487,22 +542,25 @@ def run_study(
         note = f" ({state.get('error')})" if state["state"] == "failed" else ""
         print(f"[study {study.name}] {finished[0]}/{total} {task.owner}: {state['state']}{note}", flush=True)
 
+    todo: list[Task] = []
     for stage in STAGES:
         wave = [t for t in owners if t.stage == stage]
-        todo = [t for t in wave if stage_state(out, t)["state"] != "done"]
-        finished[0] += len(wave) - len(todo)
-        if todo:
+        to_run = [t for t in wave if stage_state(out, t)["state"] != "done"]
+        finished[0] += len(wave) - len(to_run)
+        if to_run:
             print(
-                f"[study {study.name}] {stage}: {len(todo)} to run, {len(wave) - len(todo)} done", flush=True
+                f"[study {study.name}] {stage}: {len(to_run)} to run, {len(wave) - len(to_run)} done",
+                flush=True,
             )
-        runnable = []
-        for task in todo:  # a stage whose upstream failed is marked failed without starting a job
+        todo += to_run
+
+    # A stage whose upstream failed is marked failed without starting a job.
+    if submit_one is None:
+        for task in todo:
             blocked = upstream_failure(out, task)
-            if blocked is None:
-                runnable.append(task)
-            else:
-                progress(task, blocked)
-        _run_wave(runnable, run_one, submit, max(1, jobs), progress)
+            progress(task, blocked if blocked is not None else run_one(task))
+    else:
+        run_pool(todo, submit_one, jobs, progress, lambda task: upstream_failure(out, task))
 
     rows = status(out, study)
     result: dict[str, Any] = {
@@ -517,9 +575,14 @@ def run_study(
 
 
 def execute_with_threads(
-    spec_path: str, out: str, task: Task, data_dir: str, threads: int | None
+    spec_path: str, out: str, task: Task, data_dir: str, threads: int | None, device: str | None = None
 ) -> dict[str, Any]:
-    """``execute`` with ``torch.set_num_threads(threads)`` first (when given)."""
+    """``execute`` with ``torch.set_num_threads(threads)`` first (when given) and, with ``device`` (a
+    ``CUDA_VISIBLE_DEVICES`` entry), only that CUDA device visible (set before CUDA starts in a fresh job
+    process; said on stdout, the job's log)."""
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        print(f"[study] {task.owner}: CUDA device {device}", flush=True)
     if threads is not None:
         import torch
 

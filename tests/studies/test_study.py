@@ -342,6 +342,27 @@ def test_study_cli_status_report_and_exit_code(finished_study, capsys):
     assert os.path.isfile(out / "report" / "comparison.html")
 
 
+def test_the_parallel_launcher_runs_two_stages_at_once_each_on_its_own_device(finished_study, monkeypatch):
+    spec, out, _ = finished_study
+    # The spec without its failing arm (whose generators would be retried): two scores to redo, nothing else.
+    healthy = spec.with_name("healthy.yaml")
+    data = yaml.safe_load(spec.read_text())
+    data["arms"] = [a for a in data["arms"] if a["name"] != "broken"]
+    healthy.write_text(yaml.safe_dump(data))
+    for arm, seed in (("p00", 0), ("p30", 1)):
+        (out / arm / f"seed_{seed}" / "score" / "DONE.json").unlink()
+    before = set((out / "_submitit").rglob("*_log.out"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # two devices to hand out (the stages run on the CPU)
+    result = run_study(healthy, out=out, launcher="parallel", jobs=2, threads=1, report=False, check=False)
+    assert result["failed"] == 0
+    for arm, seed in (("p00", 0), ("p30", 1)):
+        assert (out / arm / f"seed_{seed}" / "score" / "DONE.json").is_file()
+    logs = [p.read_text() for p in set((out / "_submitit").rglob("*_log.out")) - before]
+    devices = [line.rsplit(" ", 1)[1] for text in logs for line in text.splitlines() if "CUDA device" in line]
+    # One job per score, both in flight at once (else the second would have reused slot 0's device).
+    assert len(logs) == 2 and sorted(devices) == ["3", "5"], logs
+
+
 def test_an_edited_spec_reruns_the_stages_it_changes(finished_study, capsys):
     spec, out, _ = finished_study
     # Same spec but p30's generator now flips at 0.2: its generator, samples and score are recomputed (the
