@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -275,6 +275,7 @@ def sample_checkpoint(
     use_ema: bool = True,
     tokenizer_checkpoint: Path | None = None,
     aspect_ratio: float | None = None,
+    precision: Literal["auto", "bf16", "fp32"] = "auto",
 ) -> dict[str, int]:
     """Sample images for prompts with a trained generator into a folder of PNGs + metadata.jsonl.
 
@@ -301,6 +302,10 @@ def sample_checkpoint(
         aspect_ratio: sample at this aspect ratio h/w, one of the method's templates the generator was
             trained on (``data folder --aspect_ratios``; e.g. 2.0 gives images twice as high as wide);
             default: the generator's own (square) schedule.
+        precision: ``auto``: bf16 with weights cast once where the device runs bf16 fast (CUDA, a CPU with
+            AMX), else fp32, channels-last decoder convolutions; ``bf16``; ``fp32``: the plain reference path
+            (``infinity_lit.precision``). What it ran as is recorded in metadata.jsonl (``precision``), so a
+            folder is not resumed in another one.
 
     Returns:
         {"written": n, "skipped": n already present, "total": number of prompts}.
@@ -316,6 +321,7 @@ def sample_checkpoint(
     from infinity_lit.generator.checkpoint import load_generator
     from infinity_lit.generator.sampling import check_trained
     from infinity_lit.generator.sampling import sample as generate
+    from infinity_lit.precision import describe_precision
     from infinity_lit.runs import resolve_checkpoint
 
     if (prompts is None) == (captions_from is None):
@@ -352,6 +358,7 @@ def sample_checkpoint(
             top_p=top_p,
             seed=seeds,
             schedule=schedule,
+            precision=precision,
         ).images
 
     settings = {
@@ -367,6 +374,7 @@ def sample_checkpoint(
         "tau": tau,
         "top_p": top_p,
         "aspect_ratio": aspect_ratio,
+        "precision": describe_precision(precision, device),
         "prompts": source,
     }
     return sample_to_folder(sample_fn, texts, out, seed=seed, batch_size=batch_size, settings=settings)

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from infinity_lit.precision import inference_precision
 from infinity_lit.quantizer import MultiScaleBSQ
 
 from .text_encoders import TextEncoder, TextFeatures
@@ -159,6 +160,7 @@ def sample(
     batch_size: int | None = None,
     schedule: Sequence[Sequence[int]] | None = None,
     aspect_ratio: float | None = None,
+    precision: str = "auto",
 ) -> SampleOutput:
     """Generate one image per prompt.
 
@@ -182,6 +184,10 @@ def sample(
         aspect_ratio: sample at this template aspect ratio h/w instead (``tokenizer.schedule_for_aspect_ratio``:
             the model's own schedule for 1, the method's template with as many scales otherwise); not with
             ``schedule``.
+        precision: ``auto`` (bf16 autocast with the matrix weights cast once where the device runs bf16
+            fast — CUDA, a CPU with AMX — else fp32; channels-last decoder convolutions), ``bf16`` or
+            ``fp32`` (the plain reference path); see ``infinity_lit.precision``. The bits are drawn from
+            fp32 probabilities and F̂ accumulates in fp32 in every case.
 
     Returns:
         ``SampleOutput`` with images (N, 3, H, W) float32 in [-1, 1] and per-scale bits.
@@ -189,8 +195,9 @@ def sample(
     Raises:
         ValueError: bad settings (a negative or non-finite cfg among them), a tokenizer whose codebook_dim /
             schedule differ from the model's, a schedule that does not fit the model
-            (``BitwiseTransformer.tables``), an aspect ratio that is no template, or a schedule the model was
-            not trained on (``model.trained_schedules``; the message lists the aspect ratios it was).
+            (``BitwiseTransformer.tables``), an aspect ratio that is no template, a schedule the model was
+            not trained on (``model.trained_schedules``; the message lists the aspect ratios it was), or an
+            unknown precision.
     """
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -223,21 +230,23 @@ def sample(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     images, bits = [], []
-    for i in range(0, len(prompts), step):
-        out = _sample_batch(
-            model,
-            tokenizer,
-            text_encoder,
-            prompts[i : i + step],
-            cfgs,
-            taus,
-            top_p,
-            seeds[i : i + step],
-            use_cache,
-            tables.schedule,
-        )
-        images.append(out[0])
-        bits.append(out[1])
+    device = next(model.parameters()).device
+    with inference_precision([model, tokenizer.decoder], precision, device):
+        for i in range(0, len(prompts), step):
+            out = _sample_batch(
+                model,
+                tokenizer,
+                text_encoder,
+                prompts[i : i + step],
+                cfgs,
+                taus,
+                top_p,
+                seeds[i : i + step],
+                use_cache,
+                tables.schedule,
+            )
+            images.append(out[0])
+            bits.append(out[1])
     return SampleOutput(torch.cat(images), [torch.cat(b) for b in zip(*bits)], seeds)
 
 
