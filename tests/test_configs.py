@@ -182,6 +182,20 @@ def test_recipes_name_runs_not_logger_folders():
         assert "logger" not in (_load(path).get("trainer") or {}), _id(path)
 
 
+def test_recipes_are_bounded_by_steps_not_by_wall_clock_time():
+    """A time budget trains a different model on a busy or slower machine: every recipe sets max_steps, none
+    max_time, and no study stage lifts that."""
+    for path in _of("base"):
+        trainer = _load(path).get("trainer") or {}
+        assert isinstance(trainer.get("max_steps"), int) and trainer["max_steps"] > 0, _id(path)
+        assert trainer.get("max_time") is None, _id(path)
+    for path in _of("delta") + _of("overlay"):
+        assert (_load(path).get("trainer") or {}).get("max_time") is None, _id(path)
+    for path in _of("study"):
+        for stage in (_load(path).get("stages") or {}).values():
+            assert (stage.get("overrides", {}).get("trainer") or {}).get("max_time") is None, _id(path)
+
+
 def test_generator_recipe_reads_the_tokenizer_recipe_run():
     folders = set(_run_folders().values())
     for path in (p for p in _of("base") if _model(p) == "generator"):
