@@ -127,8 +127,14 @@ def bucket_name(aspect_ratio: float) -> str:
 
 def nearest_bucket(buckets: Sequence[Bucket], height: int, width: int) -> Bucket:
     """The bucket whose aspect ratio is nearest to ``height / width`` (absolute difference, as the method
-    assigns an image to a template; a tie goes to the smaller ratio)."""
-    return min(buckets, key=lambda b: (abs(b[0] - height / width), b[0]))
+    assigns an image to a template; on an exact tie the template listed first in the reference's table,
+    ``quantizer.schedules.TEMPLATE_ORDER``, as ``nearest_aspect_ratio`` does: 0.9 between 0.8 and 1 → 1)."""
+    from infinity_lit.quantizer.schedules import TEMPLATE_ORDER
+
+    def rank(ratio: float) -> int:
+        return TEMPLATE_ORDER.index(ratio) if ratio in TEMPLATE_ORDER else len(TEMPLATE_ORDER)
+
+    return min(buckets, key=lambda b: (abs(b[0] - height / width), rank(b[0]), b[0]))
 
 
 def template_buckets(aspect_ratios: str | Sequence[float], resolution: int, stride: int) -> list[Bucket]:

@@ -37,6 +37,14 @@ def test_nearest_bucket_and_cover_crop() -> None:
     buckets = template_buckets("0.5,1,2", 32, 8)
     for (w, h), name in SHAPES.items():
         assert f"{nearest_bucket(buckets, h, w)[0]:g}" == name
+    # Exact ties go where the quantizer's template lookup sends them (the reference's table order), not to
+    # the smaller ratio: h/w 0.75 (between 0.5 and 1) → 1, 1.5 (between 1 and 2) → 1.
+    from infinity_lit.quantizer.schedules import nearest_aspect_ratio
+
+    assert nearest_bucket(buckets, 30, 40)[0] == 1.0 and nearest_bucket(buckets, 60, 40)[0] == 1.0
+    every = template_buckets("all", 64, 8)
+    for h, w in [(45, 50), (9, 20), (90, 100), (225, 100), (31, 40)]:  # 0.9, 0.45, 0.9, 2.25, 0.775: ties
+        assert nearest_bucket(every, h, w)[0] == nearest_aspect_ratio(h / w), (h, w)
     # Cover-crop keeps the centre: a 100×40 (w×h) image into 16×32 (h×w) is scaled by 0.4 to 40×16, then
     # cropped by 4 px on each side.
     arr = np.zeros((40, 100, 3), dtype=np.uint8)
