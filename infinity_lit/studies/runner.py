@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -411,6 +412,7 @@ def run_pool(
     jobs: int,
     report: Callable[[Task, dict[str, Any]], None],
     blocked: Callable[[Task], dict[str, Any] | None] = lambda task: None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Run ``tasks`` through ``submit_one(task, slot)``, at most ``jobs`` at once, each on a slot
     ``0 … jobs-1`` that no other task holds meanwhile: a rolling pool (``concurrent.futures``), not waves.
@@ -418,7 +420,9 @@ def run_pool(
     A task starts, in the order given, as soon as a slot is free and every stage it reads
     (``Task.upstream``) that is among ``tasks`` has ended; ``blocked(task)`` is asked then, and a state
     record it returns (an upstream stage failed) is reported instead of running the task. ``report(task,
-    state)`` is called in this thread as each task ends.
+    state)`` is called in this thread as each task ends. When the loop ends early (Ctrl+C here, an error of
+    ``submit_one`` or ``report``), ``stop`` is set before the calls in flight are waited for: ``submit_one``
+    should then return without waiting for its job.
 
     Raises:
         whatever ``submit_one`` raises (the tasks in flight are waited for first).
@@ -431,30 +435,37 @@ def run_pool(
     free = list(range(jobs))
     running: dict[Future, tuple[Task, int]] = {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="study-stage") as pool:
-        while pending or running:
-            while free:
-                ready = next((t for t in pending if not unfinished & set(t.upstream.values())), None)
-                if ready is None:
+        try:
+            while pending or running:
+                while free:
+                    ready = next((t for t in pending if not unfinished & set(t.upstream.values())), None)
+                    if ready is None:
+                        break
+                    pending.remove(ready)
+                    state = blocked(ready)
+                    if state is not None:
+                        unfinished.discard(ready.owner)
+                        report(ready, state)
+                        continue
+                    slot = free.pop(0)
+                    running[pool.submit(submit_one, ready, slot)] = (ready, slot)
+                if not running:
+                    if pending:  # pragma: no cover - an upstream stage is always earlier in plan order
+                        raise RuntimeError(
+                            f"stages wait on stages that never run: {[t.owner for t in pending]}"
+                        )
                     break
-                pending.remove(ready)
-                state = blocked(ready)
-                if state is not None:
-                    unfinished.discard(ready.owner)
-                    report(ready, state)
-                    continue
-                slot = free.pop(0)
-                running[pool.submit(submit_one, ready, slot)] = (ready, slot)
-            if not running:
-                if pending:  # pragma: no cover - an upstream stage is always earlier in plan order
-                    raise RuntimeError(f"stages wait on stages that never run: {[t.owner for t in pending]}")
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: running[f][1]):
-                task, slot = running.pop(future)
-                free.append(slot)
-                free.sort()
-                unfinished.discard(task.owner)
-                report(task, future.result())
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: running[f][1]):
+                    task, slot = running.pop(future)
+                    free.append(slot)
+                    free.sort()
+                    unfinished.discard(task.owner)
+                    report(task, future.result())
+        except BaseException:
+            if stop is not None:
+                stop.set()  # before the pool waits for the calls in flight
+            raise
 
 
 def run_study(
@@ -510,13 +521,11 @@ def run_study(
 
     submit_one = None
     if launcher != "local":
-        import threading
-
         executor = _submitit_executor(out, launcher, threads, slurm)
         # Local jobs: submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for
         # some; each job is given its slot's device instead. SLURM gives its jobs their own devices.
         devices = cuda_devices() if launcher in ("parallel", "submitit-local") else []
-        lock = threading.Lock()
+        lock, stop = threading.Lock(), threading.Event()
 
         def submit_one(task: Task, slot: int) -> dict[str, Any]:
             device = devices[slot % len(devices)] if devices else None
@@ -524,6 +533,9 @@ def run_study(
                 job = executor.submit(
                     execute_with_threads, spec_path, str(out), task, str(data_dir), threads, device
                 )
+            while not job.done():
+                if stop.wait(1.0):  # the study was stopped (Ctrl+C): leave the job to its signal or queue
+                    return {"state": "running", "job": job.job_id}
             try:
                 return job.result()
             except Exception as err:  # the job itself died (killed, out of memory, ...)
@@ -560,7 +572,7 @@ def run_study(
             blocked = upstream_failure(out, task)
             progress(task, blocked if blocked is not None else run_one(task))
     else:
-        run_pool(todo, submit_one, jobs, progress, lambda task: upstream_failure(out, task))
+        run_pool(todo, submit_one, jobs, progress, lambda task: upstream_failure(out, task), stop)
 
     rows = status(out, study)
     result: dict[str, Any] = {

@@ -72,6 +72,27 @@ def test_an_error_of_a_submission_is_raised_after_the_others_end():
     assert ended == ["ok"]
 
 
+def test_an_interrupted_pool_tells_the_stages_in_flight_to_stop_waiting():
+    import time
+
+    stop = threading.Event()
+    seen = {}
+
+    def submit_one(t: Task, slot: int) -> dict:
+        if t.owner == "slow":  # a job that runs for long: its wait ends when the pool is stopped
+            seen["stopped"] = stop.wait(30)
+        return {"state": "done"}
+
+    def report(t: Task, state: dict) -> None:
+        if t.owner == "quick":
+            raise KeyboardInterrupt  # Ctrl+C while the slow stage runs
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_pool([task("slow"), task("quick")], submit_one, 2, report, stop=stop)
+    assert seen == {"stopped": True} and time.monotonic() - start < 15
+
+
 @pytest.mark.parametrize(
     ("visible", "devices"),
     [("0,1", ["0", "1"]), ("", []), ("2, GPU-8f6c", ["2", "GPU-8f6c"]), ("-1", [])],
