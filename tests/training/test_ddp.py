@@ -349,10 +349,11 @@ def test_frozen_stages_stay_out_of_fsdp(tiny_tokenizer_ckpt):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.skipif(torch.cuda.device_count() < 1, reason="needs a CUDA device")
 def test_fsdp_fit_and_load(tmp_path, shards, tiny_tokenizer_ckpt):
-    """A few generator steps with fsdp.yaml on 2 GPUs; the gathered checkpoint loads with ``load_generator``
-    and samples."""
+    """A few generator steps with fsdp.yaml on 2 GPUs (1 where only one is lent: FSDP still wraps, shards
+    over one rank and gathers); the gathered checkpoint loads with ``load_generator`` and samples."""
+    devices = min(2, torch.cuda.device_count())
     from infinity_lit.generator.checkpoint import load_generator
     from infinity_lit.generator.sampling import sample
 
@@ -366,7 +367,7 @@ def test_fsdp_fit_and_load(tmp_path, shards, tiny_tokenizer_ckpt):
     )
     _cli(
         "generator",
-        ["fit", "-c", str(recipe), "-c", str(TRAINER / "fsdp.yaml"), "--trainer.devices", "2"],
+        ["fit", "-c", str(recipe), "-c", str(TRAINER / "fsdp.yaml"), "--trainer.devices", str(devices)],
         tmp_path,
     )
     ckpt_path = _last_checkpoint(tmp_path, "generator")
