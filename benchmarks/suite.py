@@ -394,6 +394,17 @@ def _train_setup(spec: dict, device: torch.device, side: int):
     return model, cfg, schedule, step
 
 
+def _model_config(spec: dict, cfg, model) -> dict:
+    """The transformer's size, for a case's ``config`` record."""
+    return {
+        "model": spec["model"],
+        "depth": cfg.depth,
+        "width": cfg.width,
+        "heads": cfg.num_heads,
+        "params_M": model.num_parameters() / 1e6,
+    }
+
+
 def run_train(spec: dict, device: torch.device) -> dict:
     model, cfg, schedule, step = _train_setup(spec, device, spec["side"])
     res = alternate({"fp32": step(False), "bf16": step(True)}, spec["repeats"], device, spec["label"])
@@ -402,11 +413,7 @@ def run_train(spec: dict, device: torch.device) -> dict:
         p["achieved_GFLOPs"] = flops["total_flops"] / p["median_s"] / 1e9
         p["images_per_s"] = spec["batch"] / p["median_s"]
     res["config"] = {
-        "model": spec["model"],
-        "depth": cfg.depth,
-        "width": cfg.width,
-        "heads": cfg.num_heads,
-        "params_M": model.num_parameters() / 1e6,
+        **_model_config(spec, cfg, model),
         "batch": spec["batch"],
         "codebook_dim": spec["d"],
         "text_dim": spec["text_dim"],
@@ -449,11 +456,7 @@ def run_sample(spec: dict, device: torch.device) -> dict:
         fns[f"{p} no decode"] = run(stub, p)
     res = alternate(fns, spec["repeats"], device, spec["label"])
     res["config"] = {
-        "model": spec["model"],
-        "depth": cfg.depth,
-        "width": cfg.width,
-        "heads": cfg.num_heads,
-        "params_M": model.num_parameters() / 1e6,
+        **_model_config(spec, cfg, model),
         "image": spec["side"],
         "scales": len(schedule),
         "tokens": num_tokens(schedule),
