@@ -2,10 +2,13 @@
 
 Three settings, for ``generator.sample(precision=…)`` and ``infinity-lit eval sample --precision``:
 
-- ``auto`` (default): bf16 where this device runs bf16 matrix products fast (a CUDA device with bf16, a CPU
-  with AMX tiles), fp32 elsewhere; convolutions in channels-last layout either way.
-- ``bf16``: bf16 autocast everywhere (on a CPU without AMX it runs, but slower than fp32: measured there,
-  a 2048² bf16 GEMM reached 74 GFLOP/s per core against 118 in fp32).
+- ``auto`` (default): ``bf16`` where this device runs bf16 matrix products fast (a CUDA device with bf16, a
+  CPU with AMX tiles), ``fp32`` elsewhere. (Channels-last fp32 convolutions were measured level with the
+  contiguous ones on a CPU without AMX, and the per-call weight reorder cost more than it saved on small
+  images, so fp32 stays contiguous.)
+- ``bf16``: bf16 autocast, convolutions in channels-last layout (on a CPU without AMX it runs, but slower
+  than fp32: measured there, a 4096² bf16 GEMM reached 150 GFLOP/s on 2 cores against 281 in fp32;
+  ``benchmarks/README.md``).
 - ``fp32``: the plain fp32 path, contiguous layout: the reference the fast paths are checked against.
 
 The bf16 path is autocast with the matrix weights (``nn.Linear``, ``nn.Conv2d``) cast to bf16 once on
@@ -51,9 +54,9 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[torch
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return torch.float32, False
-    if precision == "bf16":
+    if precision == "bf16" or bf16_is_fast(device):
         return torch.bfloat16, True
-    return (torch.bfloat16 if bf16_is_fast(device) else torch.float32), True
+    return torch.float32, False
 
 
 def describe_precision(precision: str, device: torch.device | str) -> str:

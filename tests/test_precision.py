@@ -25,7 +25,8 @@ def test_resolve_precision(monkeypatch):
     assert prec.resolve_precision("auto", "cpu") == (torch.bfloat16, True)
     assert prec.describe_precision("auto", "cpu") == "bf16+channels_last"
     monkeypatch.setattr(prec, "bf16_is_fast", lambda device: False)
-    assert prec.resolve_precision("auto", "cpu") == (torch.float32, True)
+    assert prec.resolve_precision("auto", "cpu") == (torch.float32, False)  # the plain fp32 path
+    assert prec.describe_precision("auto", "cpu") == "fp32"
     assert prec.describe_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
         prec.resolve_precision("fp16", "cpu")
@@ -156,3 +157,20 @@ def test_bf16_sampling_of_a_trained_generator_agrees_with_fp32(trained):
     # and the weights are fp32 again afterwards: a second fp32 call gives the reference bits exactly
     again = sample(model, tok, text, captions, precision="fp32", **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(ref.bits, again.bits))
+
+
+def test_eval_sample_records_its_precision_and_refuses_to_mix(tmp_path, tiny_generator_ckpt):
+    from infinity_lit.evaluation.images import read_metadata
+    from infinity_lit.evaluation.sampling import sample_checkpoint
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red apple\ncat face\nrocket\n", encoding="utf-8")
+    out = tmp_path / "samples"
+    done = sample_checkpoint(tiny_generator_ckpt, out, prompts=prompts, batch_size=2, precision="bf16")
+    assert done["written"] == 3
+    assert {rec["precision"] for rec in read_metadata(out)} == {"bf16+channels_last"}
+    with pytest.raises(ValueError, match="precision"):  # a folder is not finished in other arithmetic
+        sample_checkpoint(tiny_generator_ckpt, out, prompts=prompts, num_images=3, precision="fp32")
+    ref = tmp_path / "ref"
+    sample_checkpoint(tiny_generator_ckpt, ref, prompts=prompts, precision="fp32")
+    assert {rec["precision"] for rec in read_metadata(ref)} == {"fp32"}

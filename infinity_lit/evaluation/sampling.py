@@ -302,9 +302,9 @@ def sample_checkpoint(
         aspect_ratio: sample at this aspect ratio h/w, one of the method's templates the generator was
             trained on (``data folder --aspect_ratios``; e.g. 2.0 gives images twice as high as wide);
             default: the generator's own (square) schedule.
-        precision: ``auto``: bf16 with weights cast once where the device runs bf16 fast (CUDA, a CPU with
-            AMX), else fp32, channels-last decoder convolutions; ``bf16``; ``fp32``: the plain reference path
-            (``infinity_lit.precision``). What it ran as is recorded in metadata.jsonl (``precision``), so a
+        precision: ``auto``: bf16 (weights cast once for the folder, channels-last decoder convolutions)
+            where the device runs bf16 fast (CUDA, a CPU with AMX), else fp32; ``bf16``; ``fp32``: the plain
+            reference path (``infinity_lit.precision``). What it ran as is recorded in metadata.jsonl (``precision``), so a
             folder is not resumed in another one.
 
     Returns:
@@ -321,7 +321,7 @@ def sample_checkpoint(
     from infinity_lit.generator.checkpoint import load_generator
     from infinity_lit.generator.sampling import check_trained
     from infinity_lit.generator.sampling import sample as generate
-    from infinity_lit.precision import describe_precision
+    from infinity_lit.precision import describe_precision, inference_precision
     from infinity_lit.runs import resolve_checkpoint
 
     if (prompts is None) == (captions_from is None):
@@ -377,4 +377,6 @@ def sample_checkpoint(
         "precision": describe_precision(precision, device),
         "prompts": source,
     }
-    return sample_to_folder(sample_fn, texts, out, seed=seed, batch_size=batch_size, settings=settings)
+    # The weights are cast once for the whole folder (``sample`` finds them cast and casts nothing per batch).
+    with inference_precision([gen.model, gen.tokenizer.decoder], precision, device):
+        return sample_to_folder(sample_fn, texts, out, seed=seed, batch_size=batch_size, settings=settings)

@@ -184,9 +184,10 @@ def sample(
         aspect_ratio: sample at this template aspect ratio h/w instead (``tokenizer.schedule_for_aspect_ratio``:
             the model's own schedule for 1, the method's template with as many scales otherwise); not with
             ``schedule``.
-        precision: ``auto`` (bf16 autocast with the matrix weights cast once where the device runs bf16
-            fast — CUDA, a CPU with AMX — else fp32; channels-last decoder convolutions), ``bf16`` or
-            ``fp32`` (the plain reference path); see ``infinity_lit.precision``. The bits are drawn from
+        precision: ``auto`` (bf16 autocast with the matrix weights cast once per call and channels-last
+            decoder convolutions where the device runs bf16 fast — CUDA, a CPU with AMX — else plain fp32),
+            ``bf16`` or ``fp32`` (the plain reference path); see ``infinity_lit.precision``. Weights already
+            cast (inside ``inference_precision``, as ``eval sample`` runs a folder) are not cast again. The bits are drawn from
             fp32 probabilities and F̂ accumulates in fp32 in every case.
 
     Returns:
