@@ -722,6 +722,17 @@ class ShardDataModule(L.LightningDataModule):
             loader.close()
         super().teardown(stage)
 
+    def on_exception(self, exception: BaseException) -> None:
+        """A fit, validation or test ended by an exception: end the workers of every open pass at once.
+
+        A pass abandoned mid-epoch keeps its worker processes (and torch keeps their pids registered for its
+        SIGCHLD handler) until its iterator is garbage-collected, which the exception's traceback delays. A
+        worker that died (the out-of-memory killer) would then be raised again by that handler at whatever
+        the process does next, whenever any child process exits.
+        """
+        for loader in self._loaders.values():
+            loader.close()
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; ``len()`` = batches per rank per epoch (equal on all ranks)."""
         return self._loader("train", "train", train=True, batch_size=self.batch_size)

@@ -117,6 +117,11 @@ def test_a_dead_data_loader_worker_is_a_clear_error_and_last_ckpt_stays_whole(
         RuntimeError, match=r"DataLoader worker \(pid(\(s\))? \d+\) (exited unexpectedly|is killed)"
     ):
         train.generator(args)
+    # The failed fit ended its loader workers: torch no longer watches the dead one (it would raise its death
+    # again, at whatever runs when the next child process exits).
+    from torch.utils.data._utils.signal_handling import _error_if_any_worker_fails
+
+    _error_if_any_worker_fails()
     last = tmp_path / "runs" / "worker" / "checkpoints" / "last.ckpt"
     assert _load(last)["global_step"] == 2
 
@@ -126,6 +131,7 @@ def test_a_dead_data_loader_worker_is_a_clear_error_and_last_ckpt_stays_whole(
     with pytest.raises(SystemExit) as stopped:
         main(["generator", "fit", "-c", str(config), *args[3:]])
     assert stopped.value.code == 1
+    _error_if_any_worker_fails()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "a data loader worker process died" in errors[0], errors
     assert "--ckpt_path" in errors[0]
