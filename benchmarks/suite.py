@@ -819,7 +819,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help=f"comma-separated cases of {', '.join(ALL_CASES)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for suite.json and suite.md")
+    parser.add_argument(
+        "--out",
+        default="runs/benchmarks",
+        help="folder for suite.json and suite.md (the recorded results live in benchmarks/results/)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="shrunken configurations: a smoke run")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)

@@ -314,7 +314,8 @@ def score_generated(
 
     Raises:
         ValueError: a set has fewer than 2 images, or none of its files can be read; a generated path that
-            is a shard directory; folders given twice (``generated_folders``); pooled folders of several
+            is a shard directory; folders given twice (``generated_folders``) or two pooled folders holding
+            the same images (a copy); pooled folders of several
             buckets against one ``reference_bucket``. FileNotFoundError: missing folders / weights files.
     """
     folders, pooled = generated_folders(generated)
@@ -329,6 +330,15 @@ def score_generated(
     # Reading both sets through first finds their unreadable files, so every count below is exact.
     gen_contents = [gen.content() for gen in gens]
     ref_content = ref.content()
+    if pooled:
+        first_of: dict[str, Path] = {}
+        for folder, c in zip(folders, gen_contents):
+            if c["sha256"] in first_of:
+                raise ValueError(
+                    f"{str(folder)!r} holds the same images as {str(first_of[c['sha256']])!r} (a copy): pooling "
+                    "them would count those images twice; give each sample folder once"
+                )
+            first_of[c["sha256"]] = folder
     gen_content = _pooled_content(gen_contents) if pooled else gen_contents[0]
     buckets = [folder_bucket(recs, c["sizes"]) for recs, c in zip(folder_records, gen_contents)]
     if pooled and reference_bucket is not None and set(buckets) != {reference_bucket}:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 
 import numpy as np
@@ -165,6 +166,10 @@ def test_pooled_fid_over_folders_of_several_shapes(bucketed_shards, tmp_path, mo
         score_generated([parent / "ar2", parent / "ar2"], data, **kw)
     with pytest.raises(ValueError, match="inside"):
         score_generated([parent, parent / "ar2"], data, **kw)
+    copy = tmp_path / "copy_of_ar2"
+    shutil.copytree(parent / "ar2", copy)
+    with pytest.raises(ValueError, match=r"holds the same images as .*ar2.* \(a copy\)"):
+        score_generated([parent / "ar2", copy], data, **kw)
     with pytest.raises(ValueError, match="give --out"):
         score_folder([parent / "ar2", parent / "ar0.5"], data, kid_subsets=3, inception_weights=weights)
     with pytest.raises(ValueError, match=r"buckets 0\.5, 2 but the reference is its bucket 2"):
