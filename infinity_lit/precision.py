@@ -91,8 +91,8 @@ def inference_precision(
                         if p is None or not p.is_floating_point():
                             continue
                         fmt = torch.channels_last if conv and channels_last and p.dim() == 4 else None
-                        if p.dtype == dtype and fmt is None:
-                            continue
+                        if p.dtype == dtype and (fmt is None or p.is_contiguous(memory_format=fmt)):
+                            continue  # already cast (e.g. by an enclosing ``inference_precision``)
                         saved.append((p, p.data))
                         cast = p.data.to(dtype)
                         p.data = cast.contiguous(memory_format=fmt) if fmt is not None else cast

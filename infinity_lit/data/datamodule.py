@@ -716,10 +716,14 @@ class ShardDataModule(L.LightningDataModule):
         self._loaders[name] = loader
         return loader
 
-    def teardown(self, stage: str) -> None:
-        """End the DataLoader workers of every pass still open (a fit that ended by an exception)."""
+    def close_loaders(self) -> None:
+        """End the DataLoader workers of every pass still open."""
         for loader in self._loaders.values():
             loader.close()
+
+    def teardown(self, stage: str) -> None:
+        """End the DataLoader workers of every pass still open (a fit that ended by an exception)."""
+        self.close_loaders()
         super().teardown(stage)
 
     def on_exception(self, exception: BaseException) -> None:
@@ -730,8 +734,7 @@ class ShardDataModule(L.LightningDataModule):
         worker that died (the out-of-memory killer) would then be raised again by that handler at whatever
         the process does next, whenever any child process exits.
         """
-        for loader in self._loaders.values():
-            loader.close()
+        self.close_loaders()
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; ``len()`` = batches per rank per epoch (equal on all ranks)."""

@@ -304,8 +304,8 @@ def sample_checkpoint(
             default: the generator's own (square) schedule.
         precision: ``auto``: bf16 (weights cast once for the folder, channels-last decoder convolutions)
             where the device runs bf16 fast (CUDA, a CPU with AMX), else fp32; ``bf16``; ``fp32``: the plain
-            reference path (``infinity_lit.precision``). What it ran as is recorded in metadata.jsonl (``precision``), so a
-            folder is not resumed in another one.
+            reference path (``infinity_lit.precision``). What it ran as is recorded in metadata.jsonl
+            (``precision``), so a folder is not resumed in another one.
 
     Returns:
         {"written": n, "skipped": n already present, "total": number of prompts}.

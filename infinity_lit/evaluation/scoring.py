@@ -224,6 +224,7 @@ def folder_bucket(records: list[dict], sizes: list[str]) -> str | None:
     """The aspect-ratio bucket of a sample folder, named as the shards name buckets ("0.5", "2"): the
     template nearest to the ``aspect_ratio`` of its ``metadata.jsonl`` (one value), else to the h/w of its
     images (one size); None for a folder of several shapes."""
+    from infinity_lit.data.shards import bucket_name
     from infinity_lit.quantizer.schedules import nearest_aspect_ratio
 
     ratios = {r["aspect_ratio"] for r in records if isinstance(r.get("aspect_ratio"), (int, float))}
@@ -234,7 +235,7 @@ def folder_bucket(records: list[dict], sizes: list[str]) -> str | None:
         ratio = h / w
     else:
         return None
-    return f"{nearest_aspect_ratio(ratio):g}"
+    return bucket_name(nearest_aspect_ratio(ratio))
 
 
 def _pooled_content(contents: list[dict]) -> dict:

@@ -187,8 +187,8 @@ def sample(
         precision: ``auto`` (bf16 autocast with the matrix weights cast once per call and channels-last
             decoder convolutions where the device runs bf16 fast — CUDA, a CPU with AMX — else plain fp32),
             ``bf16`` or ``fp32`` (the plain reference path); see ``infinity_lit.precision``. Weights already
-            cast (inside ``inference_precision``, as ``eval sample`` runs a folder) are not cast again. The bits are drawn from
-            fp32 probabilities and F̂ accumulates in fp32 in every case.
+            cast (inside ``inference_precision``, as ``eval sample`` runs a folder) are not cast again. The
+            bits are drawn from fp32 probabilities and F̂ accumulates in fp32 in every case.
 
     Returns:
         ``SampleOutput`` with images (N, 3, H, W) float32 in [-1, 1] and per-scale bits.

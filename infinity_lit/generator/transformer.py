@@ -262,16 +262,10 @@ def attention_by_scale(q: Tensor, k: Tensor, v: Tensor, bounds: list[tuple[int, 
     Returns:
         (B, H, L, hd) in q's dtype.
     """
-    if len(bounds) == 1:
-        a, b = bounds[0]
-        return F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], scale=1.0)
-    return torch.cat(
-        [
-            F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], scale=1.0)
-            for a, b in bounds
-        ],
-        dim=2,
-    )
+    outs = [
+        F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b], scale=1.0) for a, b in bounds
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 # ---------------------------------------------------------------------------------------- layers
