@@ -101,11 +101,18 @@ def read_prompts(path: str | Path) -> list[str]:
 _LOCATIONS = ("checkpoint", "tokenizer_checkpoint", "prompts")
 
 
-def _settings_conflict(existing: list[dict], settings: Mapping[str, Any]) -> str | None:
+#: ``explain(setting, folder's value, requested value)`` → (what differs, what to do) for the refusal of a
+#: folder sampled with other settings, or None for the plain wording.
+ConflictExplainer = Callable[[str, Any, Any], tuple[str, str] | None]
+
+
+def _settings_conflict(existing: list[dict], settings: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first setting recorded in ``existing`` with another value than in ``settings``: (key, the folder's
+    value, the requested value), or None."""
     for rec in existing:
         for key, value in settings.items():
             if key in rec and key not in _LOCATIONS and rec[key] != value:
-                return f"{key}: folder has {rec[key]!r}, requested {value!r}"
+                return key, rec[key], value
     return None
 
 
@@ -117,6 +124,7 @@ def sample_to_folder(
     batch_size: int = 8,
     settings: Mapping[str, Any] | None = None,
     progress: bool = True,
+    explain_conflict: ConflictExplainer | None = None,
 ) -> dict[str, int]:
     """Sample one image per prompt into ``out_dir`` (resumable).
 
@@ -128,6 +136,9 @@ def sample_to_folder(
         batch_size: images per ``sample_fn`` call (does not change the images).
         settings: sampling settings recorded on every metadata line (checkpoint, cfg, tau, ...).
         progress: show a tqdm bar.
+        explain_conflict: words the refusal of a folder sampled with other settings: called with (setting,
+            the folder's value, the requested value), returns (what differs, what to do), or None for
+            "SETTING: folder has X, requested Y" and "use a new output folder".
 
     Returns:
         {"written": n, "skipped": n already present, "total": len(prompts)}.
@@ -152,9 +163,13 @@ def sample_to_folder(
     existing = read_metadata(out_dir)
     conflict = _settings_conflict(existing, record_settings)
     if conflict:
-        raise ValueError(
-            f"{out_dir} already holds samples made with other settings ({conflict}); use a new output folder"
+        key, found, wanted = conflict
+        explained = explain_conflict(key, found, wanted) if explain_conflict is not None else None
+        what, advice = explained or (
+            f"{key}: folder has {found!r}, requested {wanted!r}",
+            "use a new output folder",
         )
+        raise ValueError(f"{out_dir} already holds samples made with other settings ({what}); {advice}")
     beyond = sorted(
         {
             rec["index"]
@@ -312,8 +327,10 @@ def sample_checkpoint(
 
     Raises:
         ValueError: neither or both of ``prompts`` / ``captions_from``, ``num_images`` < 1, a folder sampled
-            with other settings, or an aspect ratio that is no template or that the generator was not trained
-            on (the message lists those it was).
+            with other settings (another precision: the message names the precision as requested, what it
+            runs as on ``device`` and the ``--precision`` that finishes the folder), or an aspect ratio that
+            is no template (the message names the nearest) or that the generator was not trained on (the
+            message lists those it was).
         FileNotFoundError: no checkpoint (or run folder with a ``checkpoints/last.ckpt``) at ``checkpoint``.
     """
     import torch
@@ -377,6 +394,45 @@ def sample_checkpoint(
         "precision": describe_precision(precision, device),
         "prompts": source,
     }
+
+    def explain_conflict(key: str, found: Any, wanted: Any) -> tuple[str, str] | None:
+        if key != "precision":
+            return None
+        return precision_conflict(found, precision, str(device))
+
     # The weights are cast once for the whole folder (``sample`` finds them cast and casts nothing per batch).
     with inference_precision([gen.model, gen.tokenizer.decoder], precision, device):
-        return sample_to_folder(sample_fn, texts, out, seed=seed, batch_size=batch_size, settings=settings)
+        return sample_to_folder(
+            sample_fn,
+            texts,
+            out,
+            seed=seed,
+            batch_size=batch_size,
+            settings=settings,
+            explain_conflict=explain_conflict,
+        )
+
+
+def precision_conflict(found: Any, requested: str, device: str) -> tuple[str, str]:
+    """Why a sample folder whose images ran as ``found`` (its metadata's ``precision``, e.g.
+    ``bf16+channels_last``) is not finished with ``--precision requested`` on ``device``, and what to do:
+    (what differs, what to do), for ``sample_to_folder``'s refusal. The request is named as given, with what
+    it runs as on ``device`` when that is not the same word (``auto``, ``bf16`` → ``bf16+channels_last``).
+
+    Raises:
+        ValueError: ``requested`` is no precision (``infinity_lit.precision.resolve_precision``).
+    """
+    from infinity_lit.precision import PRECISIONS, describe_precision
+
+    runs_as = describe_precision(requested, device)
+    asked = (
+        repr(requested)
+        if runs_as == requested
+        else f"{requested!r}, which runs as {runs_as!r} on {device} here"
+    )
+    # What the folder's value was asked as: "bf16+channels_last" was --precision bf16 (on any device).
+    finish = found.partition("+")[0] if isinstance(found, str) else None
+    advice = "choose another --out"
+    if finish in PRECISIONS and finish != "auto":
+        advice = f"pass --precision {finish} to finish it, or {advice}"
+    return f"precision: folder has {found!r}, requested {asked}", advice

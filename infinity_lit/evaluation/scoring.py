@@ -15,7 +15,9 @@ Pooled scores over several sample folders (one per aspect ratio, e.g. ``eval sam
 ``--aspect_ratio 2``): ``score_generated([tall, wide], …)`` or a parent folder of sample folders scores the
 folders' images as one set, each image resized to 299×299 on its own whatever its shape (``POOLED_RESIZE``, in
 the record's ``settings.inception_resize``), against the whole reference split; the record's ``pooled`` names
-the folders and their buckets.
+the folders and their buckets. The folders must have been sampled alike (same checkpoint, cfg, τ, top-p,
+precision, …; they may differ in aspect ratio and seed: ``check_poolable``), so the record's ``sampling``
+holds each of those settings once.
 """
 
 from __future__ import annotations
@@ -253,6 +255,65 @@ def _pooled_content(contents: list[dict]) -> dict:
     }
 
 
+#: Sampling settings in which pooled folders may differ: the shape (one folder per aspect-ratio bucket: its
+#: ``aspect_ratio`` and ``schedule``), the run seed (``seed``, ``seed_rule``: image i has its own seed anyway)
+#: and the prompts file read (``prompts``: each image's prompt is recorded).
+POOLED_MAY_DIFFER = ("aspect_ratio", "schedule", "seed", "seed_rule", "prompts")
+
+#: Settings that say where a weights file was read → the setting that records what it held: pooled folders
+#: that both record the content are compared by it, so the same weights read from two places pool.
+POOLED_LOCATIONS = {
+    "checkpoint": "generator_weights_sha256",
+    "tokenizer_checkpoint": "tokenizer_weights_sha256",
+}
+
+
+def check_poolable(folders: Sequence[Path], summaries: Sequence[dict]) -> list[str]:
+    """Refuse to pool sample folders sampled with different settings; warn of settings some do not record.
+
+    Every setting of the folders' ``summarize_settings`` must be the same in all folders that record it,
+    except ``POOLED_MAY_DIFFER``; a weights path (``POOLED_LOCATIONS``) is not compared between two folders
+    that both record the weights' SHA-256 (compared instead). Each folder is compared with the first folder
+    that records the setting.
+
+    Args:
+        folders: the sample folders, in pooling order.
+        summaries: their ``summarize_settings`` (one per folder).
+
+    Returns:
+        Warnings (str), one per setting that some folders record and others do not (their values cannot be
+        compared; the pooled record lists them per folder).
+
+    Raises:
+        ValueError: two folders recording different values of a setting (the message names the setting, both
+            values and both folders).
+    """
+    warnings_ = []
+    keys = list(dict.fromkeys(k for summary in summaries for k in summary if k not in POOLED_MAY_DIFFER))
+    for key in keys:
+        holders = [i for i, summary in enumerate(summaries) if key in summary]
+        first = holders[0]
+        for i in holders[1:]:
+            digest = POOLED_LOCATIONS.get(key)
+            if digest is not None and digest in summaries[first] and digest in summaries[i]:
+                continue
+            a, b = summaries[first][key], summaries[i][key]
+            if a != b:
+                raise ValueError(
+                    f"pooled folders sampled with different {key}: {a!r} in {str(folders[first])!r}, "
+                    f"{b!r} in {str(folders[i])!r}; their scores are not one setting's: pool only folders "
+                    "sampled alike (they may differ in aspect ratio and seed), or score each on its own"
+                )
+        if len(holders) < len(summaries):
+            missing = [str(folders[i]) for i in range(len(summaries)) if i not in holders]
+            warnings_.append(
+                f"pooled folder(s) {', '.join(map(repr, missing))} do not record {key} (it is "
+                f"{summaries[first][key]!r} in {str(folders[first])!r}): the pooled score takes it to be "
+                "the same"
+            )
+    return warnings_
+
+
 def _pooled_settings(summaries: list[dict]) -> dict:
     """Sampling settings of several folders: a key shared by all with one value keeps it, else the list of
     the folders' values (None where a folder lacks the key)."""
@@ -307,16 +368,18 @@ def score_generated(
     read).
 
     A pooled record has ``generated`` as the list of folders, ``generated_content`` over all of them,
-    ``sampling`` with a list of the folders' values where they differ, ``unreadable_images.generated`` keyed
-    by FOLDER/FILE, ``settings.inception_resize`` = ``POOLED_RESIZE`` (each image resized to 299×299 on its
-    own, whatever its shape), and ``pooled``: ``{"buckets": the distinct buckets pooled ("0.5", "2"; by
-    ``folder_bucket``), "folders": [{"path", "bucket", "num_images", "sizes", "sha256"}, …], "resize":
-    POOLED_RESIZE}``.
+    ``sampling`` with each setting the folders share once and a list of the folders' values where they may
+    differ (``POOLED_MAY_DIFFER``: aspect ratio, seed, …) or some do not record it (then also a warning),
+    ``unreadable_images.generated`` keyed by FOLDER/FILE, ``settings.inception_resize`` = ``POOLED_RESIZE``
+    (each image resized to 299×299 on its own, whatever its shape), and ``pooled``: ``{"buckets": the
+    distinct buckets pooled ("0.5", "2"; by ``folder_bucket``), "folders": [{"path", "bucket", "num_images",
+    "sizes", "sha256"}, …], "resize": POOLED_RESIZE}``.
 
     Raises:
         ValueError: a set has fewer than 2 images, or none of its files can be read; a generated path that
-            is a shard directory; folders given twice (``generated_folders``) or two pooled folders holding
-            the same images (a copy); pooled folders of several
+            is a shard directory; folders given twice (``generated_folders``), pooled folders sampled with
+            different settings (``check_poolable``: the message names the setting, both values and both
+            folders) or two pooled folders holding the same images (a copy); pooled folders of several
             buckets against one ``reference_bucket``. FileNotFoundError: missing folders / weights files.
     """
     folders, pooled = generated_folders(generated)
@@ -327,6 +390,9 @@ def score_generated(
                 f"{str(folder)!r} is a shard directory; 'eval score' scores a folder of generated images"
             )
     folder_records = [read_metadata(folder) for folder in folders]
+    summaries = [summarize_settings(recs) for recs in folder_records]
+    # Before any image is read: folders sampled differently are refused at once.
+    unrecorded = check_poolable(folders, summaries) if pooled else []
     ref = open_image_set(reference, split=reference_split, max_images=max_reference, bucket=reference_bucket)
     # Reading both sets through first finds their unreadable files, so every count below is exact.
     gen_contents = [gen.content() for gen in gens]
@@ -349,7 +415,7 @@ def score_generated(
             "leave out the reference bucket to score them against the whole split"
         )
     n_gen, n_ref = gen_content["images"], ref_content["images"]
-    warnings_ = check_set_sizes(n_gen, n_ref)
+    warnings_ = check_set_sizes(n_gen, n_ref) + unrecorded
     warnings_ += [w for w in (*(gen.unreadable_warning() for gen in gens), ref.unreadable_warning()) if w]
     if size_warning := _size_mismatch(gen_content["sizes"], ref_content["sizes"]):
         warnings_.append(size_warning)
@@ -398,14 +464,14 @@ def score_generated(
         )
 
     if pooled:
-        sampling = _pooled_settings([summarize_settings(recs) for recs in folder_records])
+        sampling = _pooled_settings(summaries)
         unreadable = {
             f"{folder.as_posix()}/{k}": v
             for folder, gen in zip(folders, gens)
             for k, v in gen.unreadable.items()
         }
     else:
-        sampling, unreadable = summarize_settings(folder_records[0]), dict(gens[0].unreadable)
+        sampling, unreadable = summaries[0], dict(gens[0].unreadable)
     record = {
         "kind": "generation",
         "generated": [str(folder) for folder in folders] if pooled else str(folders[0]),
@@ -510,7 +576,8 @@ def score_folder(
         generated: folder of generated PNGs (metadata.jsonl from 'eval sample' supplies prompts and settings).
             Several folders (``--generated A --generated B``, or a parent folder of sample folders) are
             pooled: one set of images of every shape (e.g. one folder per aspect ratio) scored against the
-            whole reference split; the record's ``pooled`` names the folders and their buckets.
+            whole reference split; the record's ``pooled`` names the folders and their buckets. Pooled
+            folders must have been sampled alike but for aspect ratio and seed (``check_poolable``).
         reference: reference images: a shard directory (its split is used) or an image folder.
         out: metrics.json to write (default GENERATED/metrics.json; required for several folders).
         split: shard split of the reference.

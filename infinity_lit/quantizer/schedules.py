@@ -139,15 +139,15 @@ def aspect_ratio_schedule(aspect_ratio: float, num_scales: int) -> ScaleSchedule
     templates); for an image of any shape use ``template_schedule``, which takes the nearest one.
 
     Raises:
-        ValueError: an aspect ratio that is no template (the message lists them), or ``num_scales``
-            outside 1..13.
+        ValueError: an aspect ratio that is no template (the message names the nearest and lists them all),
+            or ``num_scales`` outside 1..13.
     """
     nearest = nearest_aspect_ratio(aspect_ratio)
     if abs(nearest - aspect_ratio) > 0.01 * nearest:
         listed = ", ".join(f"{r:g}" for r in ASPECT_RATIOS)
         raise ValueError(
-            f"no scale schedule template for h/w = {aspect_ratio:g}; the templates are {listed} "
-            "(template_schedule picks the nearest for an image)"
+            f"no scale schedule template for h/w = {aspect_ratio:g}; the nearest is {nearest:g}, the templates "
+            f"are {listed} (template_schedule picks the nearest for an image)"
         )
     return template_schedule(nearest, num_scales)
 
