@@ -1,4 +1,6 @@
-"""Compute precision of the inference paths (sampling, decoding): which dtype is fast here, weights cast once.
+"""Compute precision: which dtype is fast here, for training (``default_training_precision``: the
+``trainer.precision`` a fit gets when its config names none) and for the inference paths (sampling,
+decoding; weights cast once).
 
 Three settings, for ``generator.sample(precision=…)`` and ``infinity-lit eval sample --precision``:
 
@@ -42,6 +44,35 @@ def bf16_is_fast(device: torch.device | str) -> bool:
         amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
         return bool(amx()) if amx is not None else False
     return False
+
+
+#: Lightning ``trainer.precision`` values of the two training paths.
+TRAINING_BF16, TRAINING_FP32 = "bf16-mixed", "32-true"
+
+
+def default_training_precision(accelerator: str = "auto") -> str:
+    """The ``trainer.precision`` a fit gets when its config names none: ``"bf16-mixed"`` where bf16 is fast
+    (``bf16_is_fast``) on the device ``accelerator`` trains on, ``"32-true"`` elsewhere.
+
+    ``accelerator`` is Lightning's ``trainer.accelerator``: ``"auto"`` (and ``"gpu"`` / ``"cuda"``) stand for
+    a CUDA device when one is available, else the CPU; anything else for the CPU. Measured on a 2-core CPU
+    without AMX, a bf16-mixed training step of the OpenMoji 64² tokenizer took about 4× as long as in fp32
+    (``benchmarks/README.md``), so there the default is fp32. Name ``trainer.precision`` in a config to pin
+    the arithmetic on every machine.
+    """
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return TRAINING_BF16 if bf16_is_fast("cuda" if cuda else "cpu") else TRAINING_FP32
+
+
+def training_precision_of(trainer: dict | None) -> str:
+    """The ``trainer.precision`` a fit of the stacked ``trainer`` settings (plain data: a config's
+    ``trainer`` section, or None) trains in: the one it names, else ``default_training_precision`` of its
+    accelerator. For records and keys that must tell runs in different arithmetic apart."""
+    trainer = trainer or {}
+    named = trainer.get("precision")
+    if named is not None:
+        return str(named)
+    return default_training_precision(str(trainer.get("accelerator") or "auto"))
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> tuple[torch.dtype, bool]:

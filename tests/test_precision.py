@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from infinity_lit import precision as prec
@@ -37,6 +38,27 @@ def test_bf16_is_fast_follows_the_cpus_amx(monkeypatch):
     assert prec.bf16_is_fast("cpu")
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
     assert not prec.bf16_is_fast("cpu")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_fit_whose_config_names_no_precision_trains_in_the_fast_one(monkeypatch, capsys, fast):
+    """The OpenMoji recipes name no trainer.precision: bf16-mixed where bf16 is fast, 32-true elsewhere; a
+    precision given on the command line (or in a config) is kept either way."""
+    from infinity_lit.cli import main
+    from infinity_lit.recipes import recipe_path
+
+    monkeypatch.setattr(prec, "bf16_is_fast", lambda device: fast)
+    assert prec.default_training_precision() == ("bf16-mixed" if fast else "32-true")
+    recipes = ("tokenizer/openmoji64.yaml", "generator/openmoji64.yaml")
+    for model, recipe in zip(("tokenizer", "generator"), recipes, strict=True):
+        for extra, expected in (
+            ([], "bf16-mixed" if fast else "32-true"),
+            (["--trainer.precision", "16-mixed"], "16-mixed"),
+        ):
+            with pytest.raises(SystemExit):
+                main([model, "fit", "-c", str(recipe_path(recipe)), *extra, "--print_config"])
+            config = yaml.safe_load(capsys.readouterr().out)
+            assert config["trainer"]["precision"] == expected, (model, extra)
 
 
 def test_weights_are_cast_inside_and_restored_after_also_on_error():

@@ -138,6 +138,30 @@ def content_of(value: str | Path) -> str:
     return str(value)
 
 
+def _training_precision(recipe: Path, configs: Sequence[Path], overrides: Sequence[str]) -> str:
+    """The ``trainer.precision`` the fit runs in (``precision.training_precision_of`` of the stacked
+    configs' trainer settings and ``--trainer.*`` overrides): a recipe that names none trains in this
+    machine's fast precision, so the identity must say which."""
+    import yaml
+
+    from infinity_lit.precision import training_precision_of
+
+    trainer: dict[str, Any] = {}
+    for path in (recipe, *configs):
+        loaded = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        if isinstance(loaded, dict) and isinstance(loaded.get("trainer"), dict):
+            trainer.update(loaded["trainer"])
+    args = list(overrides)
+    for i, arg in enumerate(args):
+        for key in ("precision", "accelerator"):
+            flag = f"--trainer.{key}"
+            if arg == flag and i + 1 < len(args):
+                trainer[key] = args[i + 1]
+            elif arg.startswith(flag + "="):
+                trainer[key] = arg.split("=", 1)[1]
+    return training_precision_of(trainer)
+
+
 def fit_identity(
     model: Model,
     recipe: Path,
@@ -149,9 +173,11 @@ def fit_identity(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """What a ``fit`` stage computes from, by content (``content_of``): the recipe and stacked configs, the
-    data, the resolution, the budgets and the further arguments (an upstream checkpoint by its bytes)."""
+    data, the resolution, the budgets, the further arguments (an upstream checkpoint by its bytes) and the
+    training precision (``_training_precision``)."""
     return {
         "model": model,
+        "precision": _training_precision(recipe, configs, overrides or []),
         "configs": [content_of(recipe), *(content_of(c) for c in configs)],
         "data": content_of(data_dir),
         "resolution": int(resolution),

@@ -5,7 +5,9 @@ with an always-on ``RunCheckpoint`` (``--checkpoint.*``: ``last.ckpt`` always th
 ``--checkpoint.monitor``, a separate ``best.ckpt``; written by Lightning), a TensorBoard logger (no ``hp_metric`` placeholder) and ``HParamsWithFinalMetrics``, so
 TensorBoard's HParams tab lists every run of a parent log folder with its hyper-parameters and final
 metrics (``--hparams_session false`` leaves that session out: a study writes one per arm and seed of its
-own); seed 0 by default; attribute docstrings in ``--help`` / ``--print_config``.
+own); seed 0 by default; ``trainer.precision`` by default the one that is fast on this machine
+(``precision.default_training_precision``: bf16-mixed on CUDA or an AMX CPU, 32-true elsewhere; a config that
+names it pins it); attribute docstrings in ``--help`` / ``--print_config``.
 
 Where a run goes is ``infinity_lit.runs``: ``fit`` writes ``runs/<model>/<run_name>/`` (no version level;
 ``run_name`` is a top-level recipe key, default the stem of the first ``--config`` file), ``validate`` /
@@ -39,6 +41,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from infinity_lit import runs
 from infinity_lit.checkpoints import CheckpointError, CheckpointKind, check_kind, load_file
+from infinity_lit.precision import default_training_precision
 
 from .callbacks import HParamsWithFinalMetrics, SkippedSamplesText
 from .checkpointing import AtomicCheckpointIO, DiscardUnstartedRun, RunCheckpoint
@@ -339,6 +342,9 @@ class RunCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.set_defaults({"checkpoint.save_last": True})
+        # A config that names no precision trains in the one that is fast here: bf16-mixed on a CUDA device
+        # or a CPU with AMX tiles, 32-true elsewhere (where bf16 autocast is several times slower).
+        parser.set_defaults({"trainer.precision": default_training_precision()})
         parser.add_argument(
             f"--{runs.RUN_NAME_KEY}",
             type=str | None,

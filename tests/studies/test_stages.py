@@ -123,3 +123,29 @@ def test_an_interrupted_stage_with_the_same_inputs_resumes_in_place(tmp_path, fa
     stages.fit_once("tokenizer", out, **args)
     assert len(fake_fit) == 1 and not (out / "tokenizer.stale-1").exists()
     assert runs.read_done(out / "tokenizer")["identity"] == identity
+
+
+def test_a_stage_reruns_when_the_machines_default_precision_differs(tmp_path, fake_fit, monkeypatch):
+    """A recipe that names no precision trains in the machine's fast one (bf16-mixed with AMX or CUDA, else
+    32-true): a finished stage is not reused where that default differs, and is where a config pins it."""
+    from infinity_lit import precision
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("trainer: {max_steps: 3}\n")
+    args = {"recipe": recipe, "data_dir": _shards(tmp_path / "data", b"d"), "resolution": 64}
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: False)
+    assert stages.fit_identity("tokenizer", **args)["precision"] == "32-true"
+    stages.fit_once("tokenizer", tmp_path / "out", **args)
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: True)
+    assert stages.fit_identity("tokenizer", **args)["precision"] == "bf16-mixed"
+    stages.fit_once("tokenizer", tmp_path / "out", **args)
+    assert len(fake_fit) == 2 and (tmp_path / "out" / "tokenizer.stale-1").is_dir()
+    # Pinned by a stacked config, or on the command line: the same identity on either machine.
+    pinned = tmp_path / "pin.yaml"
+    pinned.write_text("trainer: {precision: 32-true}\n")
+    for extra in ({"configs": [pinned]}, {"overrides": ["--trainer.precision=32-true"]}):
+        ids = []
+        for fast in (False, True):
+            monkeypatch.setattr(precision, "bf16_is_fast", lambda device, fast=fast: fast)
+            ids.append(stages.fit_identity("tokenizer", **args, **extra))
+        assert ids[0] == ids[1] and ids[0]["precision"] == "32-true", extra
