@@ -60,7 +60,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DEFAULT_CASES = ("tokenizer", "train", "sample", "resolution", "gemm")
+DEFAULT_CASES = ("tokenizer", "train", "train_tokenizer", "sample", "resolution", "gemm")
 EXTRA_CASES = ("sample2b", "train_throughput")
 ALL_CASES = DEFAULT_CASES + EXTRA_CASES
 
@@ -425,6 +425,50 @@ def run_train(spec: dict, device: torch.device) -> dict:
     return res
 
 
+def run_train_tokenizer(spec: dict, device: torch.device) -> dict:
+    """One training step of the quickstart's tokenizer (``experiments/tokenizer/openmoji64.yaml``: 64², base
+    32 channels, multipliers [1, 2, 4, 4], 1 residual block, d = 16, schedule [1, 2, 4, 6, 8], batch 8):
+    forward, L1 + commitment loss, backward, AdamW; fp32 against bf16 autocast (Lightning's bf16-mixed)."""
+    from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
+
+    side, batch = spec["side"], spec["batch"]
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(
+        codebook_dim=16,
+        scale_schedule=[(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)][: 3 if spec["quick"] else 5],
+        base_channels=16 if spec["quick"] else 32,
+        channel_multipliers=[1, 2, 4, 4],
+        num_res_blocks=1,
+        num_groups=16 if spec["quick"] else 32,
+    )
+    with device:
+        tok = BitwiseTokenizer(cfg).train()
+    opt = torch.optim.AdamW(tok.parameters(), lr=4e-4, betas=(0.9, 0.99))
+    images = (torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+
+    def step(bf16: bool):
+        def fn():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                recon, out = tok(images)
+                loss = (recon.float() - images).abs().mean() + 0.25 * out.commit_loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return fn
+
+    res = alternate({"fp32": step(False), "bf16": step(True)}, spec["repeats"], device, spec["label"])
+    for p in res["paths"].values():
+        p["images_per_s"] = batch / p["median_s"]
+    res["config"] = {
+        "image": side,
+        "batch": batch,
+        "schedule": [list(hw) for hw in cfg.scale_schedule],
+        "params_M": sum(p.numel() for p in tok.parameters()) / 1e6,
+    }
+    return res
+
+
 def run_sample(spec: dict, device: torch.device) -> dict:
     from infinity_lit.generator.sampling import sample
     from infinity_lit.generator.transformer import BitwiseTransformer
@@ -510,6 +554,7 @@ def run_child(spec: dict) -> dict:
         "tokenizer": run_tokenizer,
         "train": run_train,
         "train_throughput": run_train,
+        "train_tokenizer": run_train_tokenizer,
         "sample": run_sample,
         "sample2b": run_sample,
         "resolution": run_sample,
@@ -563,6 +608,9 @@ def plan(cases: list[str], quick: bool, repeats: int, device: str) -> list[dict]
                     side=4 if quick else 16,
                     batch=batch,
                 )
+        elif case == "train_tokenizer":
+            side = 32 if quick else 64
+            add("train_tokenizer", f"train tokenizer {side}² b8 (quickstart)", side=side, batch=8)
         elif case == "sample":
             for model in [small] if quick else ["depth4", "125M"]:
                 add(
@@ -729,6 +777,8 @@ def _extra(r: dict, path: str, p: dict) -> str:
         s = f"{cfg.get('tokens')} tokens, {cfg.get('scales')} scales"
         runs_as = cfg.get("runs_as", {}).get(path.split()[0])
         return s + (f"; runs as {runs_as}" if runs_as else "")
+    if case == "train_tokenizer":
+        return f"{cfg.get('params_M', 0):.1f}M params, {p['images_per_s']:.1f} img/s"
     if case == "tokenizer":
         runs_as = cfg.get("runs_as", {}).get(path)
         return f"{cfg.get('params_M', 0):.1f}M params; runs as {runs_as}"

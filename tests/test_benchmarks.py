@@ -50,6 +50,33 @@ def test_suite_quick_gemm_writes_json_and_markdown(tmp_path):
     assert "| gemm | fp32 512² |" in md and "measured on another machine" in md
 
 
+def test_the_quickstart_tokenizer_step_case_times_both_paths(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SUITE),
+            "--quick",
+            "--only",
+            "train_tokenizer",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads((tmp_path / "suite.json").read_text())["results"]
+    assert result["case"] == "train_tokenizer" and set(result["paths"]) == {"fp32", "bf16"}
+    for path in result["paths"].values():
+        assert len(path["times_s"]) == 2 and path["images_per_s"] == pytest.approx(8 / path["median_s"])
+    assert result["config"]["image"] == 32 and result["config"]["params_M"] > 0
+    assert "| train tokenizer 32² b8 (quickstart) | bf16 |" in (tmp_path / "suite.md").read_text()
+
+
 def test_train_flops_linear_part_matches_a_flop_counter():
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
