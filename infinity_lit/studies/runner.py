@@ -28,7 +28,10 @@ the tests exercise with ``"submitit-local"``. Those keep ``jobs`` stages in flig
 pool (``run_pool``): a stage starts as soon as a slot is free and the stages it reads have ended, so a slow
 stage holds up only what is downstream of it. On this machine, slot ``k`` of the pool gets the CUDA device
 ``k mod n`` of the ``n`` visible ones (``cuda_devices``), so parallel stages do not share a GPU while
-there are enough.
+there are enough. With SLURM, each job gets the SLURM parameters of its task's arm (the spec's study-wide
+``slurm``, the arm's ``slurm``, then ``--slurm``: ``stage_executors``); a stage shared by several arms is
+submitted once, for the first arm in spec order that needs it, with that arm's parameters. They are in no
+stage key: where a stage ran does not change what it computed.
 """
 
 from __future__ import annotations
@@ -48,7 +51,16 @@ import yaml
 
 from infinity_lit import runs
 
-from .spec import TRAIN_STAGES, Arm, Study, check_deltas, load_study, resolved_spec, stage_key
+from .spec import (
+    TRAIN_STAGES,
+    Arm,
+    Study,
+    check_deltas,
+    check_slurm,
+    load_study,
+    resolved_spec,
+    stage_key,
+)
 
 #: Stages of one (arm, seed), in order; each consumes the ones named in ``UPSTREAM``.
 STAGES = ("tokenizer", "generator", "recon", "samples", "score")
@@ -234,7 +246,9 @@ def stage_state(out: Path, task: Task) -> dict[str, Any]:
     """{"state": "done"|"failed"|"running"|"interrupted"|"stale"|"pending", ...the marker's record} of a
     task's owner folder. "interrupted": a stage marked running whose process is gone (``process_alive``;
     killed, or its machine restarted); running the study again resumes it. A stage marked running on
-    another host, which cannot be checked from here, reads as "running"."""
+    another host (a SLURM node), or by a marker that names no process, cannot be checked from here: it
+    reads as "running" with ``"checked": False`` (``format_status`` says so, with the host, pid and
+    start); ``"checked": True`` where this machine saw the process alive."""
     folder = out / task.owner
     key_file = folder / KEY
     if key_file.is_file() and key_file.read_text(encoding="utf-8").strip() != task.key:
@@ -248,7 +262,10 @@ def stage_state(out: Path, task: Task) -> dict[str, Any]:
         return {"state": "failed", **json.loads(failed.read_text(encoding="utf-8"))}
     record = _running_record(folder / RUNNING)
     if record is not None:
-        return {"state": "interrupted" if process_alive(record) is False else "running", **record}
+        alive = process_alive(record)
+        if alive is False:
+            return {"state": "interrupted", **record}
+        return {"state": "running", **record, "checked": alive is True}
     return {"state": "pending"}
 
 
@@ -379,6 +396,8 @@ def _owner_tasks(tasks: Sequence[Task]) -> list[Task]:
 
 
 def _submitit_executor(out: Path, launcher: Launcher, threads: int | None, slurm: dict[str, Any] | None):
+    """A submitit executor for ``launcher`` whose jobs are named after the study, with a day's time limit and
+    ``threads`` CPUs; with "slurm", ``slurm`` (SLURM parameters, ``spec.check_slurm``'s names) on top."""
     import submitit
 
     cluster = {"parallel": "local", "submitit-local": "local", "slurm": "slurm"}[launcher]
@@ -392,6 +411,35 @@ def _submitit_executor(out: Path, launcher: Launcher, threads: int | None, slurm
         )
     executor.update_parameters(**params)
     return executor
+
+
+def stage_executors(
+    out: Path, launcher: Launcher, threads: int | None, study: Study, slurm: dict[str, Any] | None = None
+) -> Callable[[Task], Any]:
+    """The submitit executor of each task, as ``run_study`` submits it: with "slurm", one per distinct set
+    of SLURM parameters (``Study.slurm_parameters`` of the task's arm: the spec's, the arm's, then
+    ``slurm``, the command line's), made on first use; the other launchers share one. A stage shared by
+    several arms is submitted as its owner task, so it runs with the parameters of the first arm in spec
+    order that needs it.
+
+    Raises:
+        StudyError: an unknown SLURM parameter or a wrong type in ``slurm`` (at once, not on first use).
+    """
+    if launcher != "slurm":
+        executor = _submitit_executor(out, launcher, threads, None)
+        return lambda task: executor
+    for arm in study.arms:
+        study.slurm_parameters(arm.name, slurm)  # checks the command line's parameters now
+    executors: dict[str, Any] = {}
+
+    def executor_for(task: Task) -> Any:
+        params = study.slurm_parameters(task.arm, slurm)
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key not in executors:
+            executors[key] = _submitit_executor(out, launcher, threads, params)
+        return executors[key]
+
+    return executor_for
 
 
 def cuda_devices() -> list[str]:
@@ -490,7 +538,8 @@ def run_study(
         jobs: stages run at once (parallel / slurm), as a rolling pool (``run_pool``).
         threads: CPU threads per stage (``torch.set_num_threads``; also submitit's cpus_per_task);
             default: torch's default (all cores) for "local", cores // jobs for "parallel".
-        slurm: submitit SLURM parameters, e.g. {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 600}.
+        slurm: submitit SLURM parameters, e.g. {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 600},
+            stacked on the spec's study-wide and per-arm ``slurm`` (``Study.slurm_parameters``).
         report: write the comparison report at the end.
         check: first parse every arm's stacked config against its stage (``spec.check_deltas``; each
             distinct config once, a few seconds each), so that a bad delta stops the study before anything
@@ -500,12 +549,14 @@ def run_study(
         {"out": folder, "status": ``status`` rows, "failed": number of failed (arm, seed), "report": paths}.
 
     Raises:
-        StudyError: an invalid spec, or (``check``) a delta that does not parse against its stage; raised
-            before anything runs.
+        StudyError: an invalid spec, an unknown SLURM parameter in ``slurm``, or (``check``) a delta that
+            does not parse against its stage; raised before anything runs.
     """
     from . import stages
 
     study = load_study(spec)
+    if slurm:
+        check_slurm(slurm, "--slurm")
     if check:
         check_deltas(study)
     out = Path(out) if out is not None else STUDIES_DIR / study.name
@@ -521,7 +572,7 @@ def run_study(
 
     submit_one = None
     if launcher != "local":
-        executor = _submitit_executor(out, launcher, threads, slurm)
+        executor_for = stage_executors(out, launcher, threads, study, slurm)
         # Local jobs: submitit's local executor hides every GPU (CUDA_VISIBLE_DEVICES="") unless asked for
         # some; each job is given its slot's device instead. SLURM gives its jobs their own devices.
         devices = cuda_devices() if launcher in ("parallel", "submitit-local") else []
@@ -530,7 +581,7 @@ def run_study(
         def submit_one(task: Task, slot: int) -> dict[str, Any]:
             device = devices[slot % len(devices)] if devices else None
             with lock:  # one submission at a time; the jobs then run side by side
-                job = executor.submit(
+                job = executor_for(task).submit(
                     execute_with_threads, spec_path, str(out), task, str(data_dir), threads, device
                 )
             while not job.done():
@@ -628,6 +679,9 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
             "seconds": state.get("seconds"),
             "shared_with": task.owner if task.shared else None,
         }
+        if state["state"] == "running" and not state.get("checked"):
+            # Marked running where this machine cannot look (another host): say where and since when.
+            row["stages"][task.stage]["unchecked"] = {k: state.get(k) for k in ("host", "pid", "since")}
         if order[state["state"]] > order[row["state"]]:
             row["state"] = state["state"]
         if state["state"] == "failed" and row["error"] is None:
@@ -635,8 +689,17 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def running_elsewhere(marker: dict[str, Any]) -> str:
+    """What ``format_status`` says of a stage marked running where this machine cannot check its process:
+    ``running on HOST (pid P, since T; cannot check from here)``."""
+    if marker.get("host") is None or marker.get("pid") is None:
+        return f"running (since {marker.get('since')}; the marker names no process: cannot check from here)"
+    return f"running on {marker['host']} (pid {marker['pid']}, since {marker.get('since')}; cannot check from here)"
+
+
 def format_status(rows: Sequence[dict[str, Any]]) -> str:
-    """``status`` rows as a text table (an interrupted stage with a line saying how to resume it)."""
+    """``status`` rows as a text table (an interrupted stage with a line saying how to resume it, a stage
+    running on another host with a line naming it: ``running_elsewhere``)."""
     lines = [f"{'arm':<16} {'seed':>4}  {'state':<11} " + " ".join(f"{s:<12}" for s in STAGES)]
     for row in rows:
         cells = []
@@ -652,6 +715,10 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
         for stage in STAGES:
             if row["stages"][stage]["state"] == "interrupted":
                 lines.append(f"{'':<16} {'':>4}  {stage} {INTERRUPTED}")
+            elif row["stages"][stage].get("unchecked"):
+                lines.append(
+                    f"{'':<16} {'':>4}  {stage} {running_elsewhere(row['stages'][stage]['unchecked'])}"
+                )
     lines.append("(* shared with another arm's stage)")
     return "\n".join(lines)
 

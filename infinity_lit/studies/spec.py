@@ -12,9 +12,10 @@ A study is a YAML file (``experiments/studies/*.yaml``)::
       tokenizer: {recipe: tokenizer/openmoji64.yaml, overrides: {trainer: {max_steps: 800}}}
       generator: {recipe: generator/openmoji64.yaml}
     evaluation: {split: val, num_images: 200, cfg: 3.0, tau: 1.0, top_p: 1.0, seed: 0}
+    slurm: {partition: gpu, gpus_per_node: 1, timeout_min: 120}   # optional: SLURM jobs' settings
     arms:
       - {name: p00, value: 0.0, generator: {model: {max_flip_prob: 0.0}}}
-      - {name: p30, value: 0.3, generator: {model: {max_flip_prob: 0.3}}}
+      - {name: p30, value: 0.3, generator: {model: {max_flip_prob: 0.3}}, slurm: {timeout_min: 240}}
       - {name: no_requant, value: 0.3, generator: generator/arms/bsc_no_requant.yaml}
 
 A delta is a mapping (inline) or a YAML file path, or a list of them, stacked after the stage's recipe and
@@ -22,11 +23,22 @@ its study-wide ``overrides`` exactly as ``-c`` files are stacked on the command 
 paths are looked up beside the spec, then among the shipped recipes (``infinity_lit.recipes.recipe_path``).
 The evaluation settings belong to the study, never to an arm, so every arm is measured the same way.
 
+``slurm`` (optional, at the top and per arm) holds the SLURM parameters of the jobs ``study run --launcher
+slurm`` submits through submitit (``SlurmExecutor.update_parameters``' names: ``partition``,
+``gpus_per_node``, ``timeout_min``, ``cpus_per_task``, ``mem_gb``, ``account``, ``qos``,
+``additional_parameters``, …; a ``slurm_`` prefix is allowed). An arm's mapping is stacked on the study's and
+the command line's ``--slurm`` on both (``slurm_parameters``); they choose where a stage runs, not what it
+computes, so they are in no stage key. A stage shared by several arms runs once, with the parameters of the
+first arm in spec order that needs it (the arm whose folder computes it). The other launchers ignore them.
+
 ``load_study`` validates the spec before anything runs: unknown keys, duplicate arm names, an empty seed
 list, a baseline that is not an arm, a missing recipe or delta file, a delta for an unknown stage, an arm
-that tries to change evaluation settings — each a one-line ``StudyError`` naming the file and the key.
+that tries to change evaluation settings, an unknown SLURM parameter — each a one-line ``StudyError`` naming
+the file and the key (an arm by its name once it has one: ``arms[p30].generator``).
 ``check_deltas`` (slower: it builds each stage's LightningCLI parser) also checks that every arm's
-stacked config parses against its stage.
+stacked config parses against its stage; its error names the arm, the stage, the offending key with its
+value and which layer set it (the recipe, the study's overrides or the arm's delta), without the parser's
+usage text.
 
 Stage keys: ``stage_key`` hashes a stage's stacked configuration (recipe and delta contents, not their
 paths), the seed, the data settings and the keys of its upstream stages; two (arm, seed) whose keys are
@@ -36,8 +48,12 @@ equal share that stage, which runs once.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import hashlib
 import json
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +64,20 @@ import yaml
 #: The trainable stages, in order; each may have a base recipe and per-arm deltas.
 TRAIN_STAGES = ("tokenizer", "generator")
 
-_TOP_KEYS = {"name", "description", "variable", "baseline", "seeds", "data", "stages", "evaluation", "arms"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "variable",
+    "baseline",
+    "seeds",
+    "data",
+    "stages",
+    "evaluation",
+    "arms",
+    "slurm",
+}
 _STAGE_KEYS = {"recipe", "overrides"}
-_ARM_KEYS = {"name", "value", "description", *TRAIN_STAGES}
+_ARM_KEYS = {"name", "value", "description", "slurm", *TRAIN_STAGES}
 _DATA_KEYS = {"openmoji", "dir", "resolution"}
 _OPENMOJI_KEYS = {"resolution", "limit"}
 
@@ -133,6 +160,7 @@ class Arm:
         deltas: stage → mappings stacked after the stage's recipe and overrides (files already loaded).
         delta_files: stage → the files the deltas came from (for the record; inline deltas have none).
         description: free text.
+        slurm: SLURM parameters of this arm's stages, stacked on the study's (``slurm_parameters``).
     """
 
     name: str
@@ -140,6 +168,7 @@ class Arm:
     deltas: Mapping[str, tuple[Mapping[str, Any], ...]]
     delta_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
+    slurm: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,6 +186,7 @@ class Study:
         evaluation: how every arm is measured.
         data: the images.
         description: free text.
+        slurm: study-wide SLURM parameters of the stages' jobs (``slurm_parameters``; no stage key holds them).
     """
 
     name: str
@@ -169,6 +199,7 @@ class Study:
     evaluation: EvaluationSettings
     data: DataSettings
     description: str = ""
+    slurm: Mapping[str, Any] = field(default_factory=dict)
 
     def arm(self, name: str) -> Arm:
         """The arm called ``name``.
@@ -190,6 +221,19 @@ class Study:
         if self.stages[stage].overrides:
             configs.append(self.stages[stage].overrides)
         return configs + list(arm.deltas.get(stage, ()))
+
+    def slurm_parameters(self, arm: str, command_line: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The SLURM parameters of ``arm``'s jobs: the study's, then the arm's, then ``command_line`` (the
+        ``--slurm`` of ``study run``), each stacked on the one before (``merge``: a mapping such as
+        ``additional_parameters`` merges key by key); names without a ``slurm_`` prefix.
+
+        Raises:
+            StudyError: an unknown parameter or a wrong type in ``command_line``.
+        """
+        merged = merge(self.slurm, self.arm(arm).slurm)
+        if command_line:
+            merged = merge(merged, check_slurm(command_line, "--slurm"))
+        return merged
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -220,14 +264,17 @@ def find_config(name: str | Path, spec_dir: Path) -> Path:
         return candidate
     if (spec_dir / candidate).is_file():
         return spec_dir / candidate
-    from infinity_lit.recipes import recipe_path
+    from infinity_lit.recipes import recipe_path, recipes_dir
 
     try:
         return Path(recipe_path(str(name)))
-    except (FileNotFoundError, ValueError):
-        raise FileNotFoundError(
-            f"{name} (looked beside the spec in {spec_dir} and among the shipped recipes)"
-        ) from None
+    except ValueError:  # absolute, or leaving the recipes folder: not a shipped recipe's name
+        shipped = "it names no shipped recipe"
+    except FileNotFoundError:
+        shipped = f"no shipped recipe {candidate.as_posix()} in {recipes_dir()}"
+    # Where it looked, as the spec names it: relative to the spec's folder (absolute when given so).
+    beside = candidate.as_posix() if candidate.is_absolute() else os.path.normpath(candidate.as_posix())
+    raise FileNotFoundError(f"{name}: no file {beside} beside the spec, and {shipped}") from None
 
 
 def _load_yaml(path: Path) -> Mapping[str, Any]:
@@ -258,6 +305,75 @@ def _deltas(path: Path, key: str, raw: Any) -> tuple[tuple[Mapping[str, Any], ..
         else:
             raise _fail(path, where, f"a delta is a mapping or a YAML file path, got {type(item).__name__}")
     return tuple(deltas), tuple(files)
+
+
+@functools.lru_cache(maxsize=1)
+def slurm_parameter_types() -> dict[str, tuple[type, ...] | None]:
+    """The SLURM parameters ``study run --launcher slurm`` can pass on, with the types they take (None: any
+    scalar, written to the job's ``#SBATCH`` lines as it is).
+
+    The names are those submitit's ``AutoExecutor.update_parameters`` takes for SLURM: its generic ones
+    (``timeout_min``, ``mem_gb``, ``gpus_per_node``, ``cpus_per_task``, ``nodes``, ``tasks_per_node``,
+    ``name``, ``stderr_to_stdout``) and ``SlurmExecutor``'s own (``partition``, ``account``, ``qos``,
+    ``constraint``, ``gres``, ``mem``, ``time``, ``exclude``, ``setup``, ``additional_parameters``, …), read
+    from the installed submitit.
+    """
+    import submitit
+
+    types: dict[str, tuple[type, ...] | None] = dict.fromkeys(submitit.SlurmExecutor._valid_parameters())
+    for name, kind in submitit.AutoExecutor._typed_parameters().items():
+        types[name] = (int, float) if kind is float else (kind,)
+    types["additional_parameters"] = (Mapping,)
+    for name in ("setup", "teardown", "srun_args"):
+        if name in types:
+            types[name] = (list,)
+    return types
+
+
+def check_slurm(raw: Any, where: str, path: Path | None = None) -> dict[str, Any]:
+    """SLURM parameters (a spec's ``slurm`` mapping, or ``--slurm``) checked against submitit's names and
+    types, with any ``slurm_`` prefix dropped.
+
+    Args:
+        raw: the mapping (None: no parameters).
+        where: its key path for errors (``slurm``, ``arms[p30].slurm``, ``--slurm``).
+        path: the spec file, named first in errors.
+
+    Raises:
+        StudyError: one line naming the file, the key and what is wrong with it.
+    """
+
+    def fail(key: str, message: str) -> StudyError:
+        return _fail(path, key, message) if path is not None else StudyError(f"{key}: {message}")
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise fail(where, f"expected a mapping of SLURM parameters, got {type(raw).__name__}")
+    types = slurm_parameter_types()
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).removeprefix("slurm_")
+        if name not in types:
+            close = difflib.get_close_matches(name, types, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise fail(
+                f"{where}.{key}",
+                f"unknown SLURM parameter ({hint}submitit takes: {', '.join(sorted(types))})",
+            )
+        if name in out:
+            raise fail(f"{where}.{key}", f"{name!r} is given twice (with and without the slurm_ prefix)")
+        kinds = types[name]
+        if kinds is None:
+            ok = isinstance(value, (str, int, float, bool))
+            wanted = "a single value (text or number)"
+        else:
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            wanted = " or ".join("mapping" if k is Mapping else k.__name__ for k in kinds)
+        if not ok:
+            raise fail(f"{where}.{key}", f"expected {wanted}, got {value!r} ({type(value).__name__})")
+        out[name] = copy.deepcopy(value)
+    return out
 
 
 def load_study(path: str | Path) -> Study:
@@ -321,13 +437,8 @@ def load_study(path: str | Path) -> Study:
     arms: list[Arm] = []
     for i, item in enumerate(arms_raw):
         where = f"arms[{i}]"
-        if isinstance(item, Mapping) and "evaluation" in item:
-            raise _fail(
-                path,
-                f"{where}.evaluation",
-                "arms may not change evaluation settings (set them once, at the top)",
-            )
-        item = _check_keys(path, where, item, _ARM_KEYS)
+        if not isinstance(item, Mapping):
+            raise _fail(path, where, f"expected a mapping, got {type(item).__name__}")
         if "name" not in item:
             raise _fail(path, f"{where}.name", "missing (required)")
         if not isinstance(item["name"], str):
@@ -343,6 +454,14 @@ def load_study(path: str | Path) -> Study:
             )
         if any(a.name == arm_name for a in arms):
             raise _fail(path, f"{where}.name", f"duplicate arm name {arm_name!r}")
+        where = f"arms[{arm_name}]"  # from here on, the arm by its name
+        if "evaluation" in item:
+            raise _fail(
+                path,
+                f"{where}.evaluation",
+                "arms may not change evaluation settings (set them once, at the top)",
+            )
+        item = _check_keys(path, where, item, _ARM_KEYS)
         deltas, files = {}, {}
         for stage in TRAIN_STAGES:
             if item.get(stage) is not None:
@@ -354,6 +473,7 @@ def load_study(path: str | Path) -> Study:
                 deltas=deltas,
                 delta_files=files,
                 description=str(item.get("description", "")),
+                slurm=check_slurm(item.get("slurm"), f"{where}.slurm", path),
             )
         )
     baseline = str(raw["baseline"])
@@ -388,6 +508,7 @@ def load_study(path: str | Path) -> Study:
         evaluation=evaluation,
         data=data,
         description=str(raw.get("description", "")),
+        slurm=check_slurm(raw.get("slurm"), "slurm", path),
     )
 
 
@@ -409,12 +530,14 @@ def resolved_spec(study: Study) -> dict[str, Any]:
             for name, stage in study.stages.items()
         },
         "evaluation": {k: getattr(study.evaluation, k) for k in EvaluationSettings.__dataclass_fields__},
+        "slurm": copy.deepcopy(dict(study.slurm)),
         "arms": [
             {
                 "name": arm.name,
                 "value": arm.value,
                 "description": arm.description,
                 **{stage: [dict(d) for d in deltas] for stage, deltas in arm.deltas.items()},
+                **({"slurm": copy.deepcopy(dict(arm.slurm))} if arm.slurm else {}),
             }
             for arm in study.arms
         ],
@@ -472,11 +595,97 @@ def stage_key(
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def parser_error(text: str) -> tuple[str | None, str]:
+    """The offending key (dotted, None when the message names none) and the reason, in one line, of what
+    LightningCLI's parser wrote on a config that does not parse: its ``error:`` part, without the usage
+    lines and the ``tip:`` before it; an error inside a ``class_path`` (``model.tokenizer``, ``data``) is
+    followed down to the key that failed, the alternatives it also tried (``NoneType``) left out."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if start is None:  # no error line: whatever is not usage text
+        kept = [
+            line
+            for line in lines
+            if line.strip() and not line.startswith(("usage:", "tip:")) and not line.startswith(" ")
+        ]
+        return None, " ".join(" ".join(kept).split())[:300] or "the parser gave no reason"
+    message = " ".join(" ".join([lines[start].removeprefix("error:"), *lines[start + 1 :]]).split())
+    message = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", message)
+    message = re.sub(r"Expected an? (\w+)\. Got value: ", r"expected \1, got ", message)
+    key: str | None = None
+    if m := re.match(r'Parser key "([^"]+)": (.*)', message):
+        key, message = m[1], m[2]
+        classes = []
+        while m := re.search(r"Problem with given class_path '([^']+)': (.*)", message):
+            classes.append(m[1])
+            message = m[2]
+            if inner := re.match(r'Parser key "([^"]+)": (.*)', message):
+                key, message = f"{key}.{inner[1]}", inner[2]
+            elif inner := re.match(r"Group '([^']+)' does not accept option '([^']+)'", message):
+                key, message = f"{key}.{inner[2]}", f"{inner[1]} has no option {inner[2]!r}"
+                break
+            elif inner := re.match(r"Option '([^']+)' is not accepted", message):
+                key, message = f"{key}.{inner[1]}", "no such option"
+                break
+        message = re.split(r" - | Given value type:", message)[0].strip()
+        if classes:
+            message += f" (in {classes[-1]})"
+    elif m := re.match(r"Group '([^']+)' does not accept option '([^']+)'", message):
+        key, message = f"{m[1]}.{m[2]}", f"{m[1]} has no option {m[2]!r}"
+    elif m := re.match(r"Option '([^']+)' is not accepted", message):
+        key, message = m[1], "no such option"
+    return key, message[:300]
+
+
+def _lookup(config: Any, key: str) -> tuple[str, Any] | None:
+    """(its path as the config spells it, value) of a dotted ``key`` in a config mapping, also through
+    ``init_args`` levels (``data.batch_size`` is found as ``data.init_args.batch_size``); None if absent."""
+    parts = key.split(".")
+
+    def walk(node: Any, i: int, path: tuple[str, ...]) -> tuple[str, Any] | None:
+        if i == len(parts):
+            return ".".join(path), node
+        if isinstance(node, Mapping):
+            if parts[i] in node:
+                found = walk(node[parts[i]], i + 1, (*path, parts[i]))
+                if found is not None:
+                    return found
+            if isinstance(node.get("init_args"), Mapping):
+                return walk(node["init_args"], i, (*path, "init_args"))
+        return None
+
+    return walk(config, 0, ())
+
+
+def _delta_error(study: Study, arm: Arm, stage: str, text: str) -> StudyError:
+    """The one-line error of ``arm``'s ``stage`` config that does not parse: the key, its value and which
+    layer set it (the last that does: the arm's delta, the study's overrides or the recipe)."""
+    key, reason = parser_error(text)
+    where = f"arms[{arm.name}].{stage}"
+    if key is None:
+        return _fail(study.path, where, f"does not parse: {reason}")
+    layers = [(f"the recipe {study.stages[stage].recipe.name}", _load_yaml(study.stages[stage].recipe))]
+    if study.stages[stage].overrides:
+        layers.append((f"stages.{stage}.overrides", study.stages[stage].overrides))
+    layers += [(f"this arm's {stage} delta", delta) for delta in arm.deltas.get(stage, ())]
+    for source, config in reversed(layers):
+        found = _lookup(config, key)
+        if found is not None:
+            shown = json.dumps(found[1], default=str)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            return _fail(
+                study.path, where, f"does not parse: {found[0]} = {shown} (set by {source}): {reason}"
+            )
+    return _fail(study.path, where, f"does not parse: {key}: {reason}")
+
+
 def check_deltas(study: Study) -> None:
     """Check that every arm's stacked config parses against its stage's LightningCLI (no training).
 
     Raises:
-        StudyError: the first arm and stage that does not parse, with the parser's message.
+        StudyError: the first arm and stage that does not parse: one line naming the file, the arm, the
+            stage, the offending key with its value and the layer that set it, and the parser's reason
+            (``parser_error``; never its usage text).
     """
     import contextlib
     import io
@@ -506,7 +715,4 @@ def check_deltas(study: Study) -> None:
                         run_cli(module_class(stage), args, tmp)
                 except SystemExit as exit_:
                     if exit_.code not in (0, None):
-                        message = " ".join(err.getvalue().split())[-400:]
-                        raise _fail(
-                            study.path, f"arms[{arm.name}].{stage}", f"does not parse: {message}"
-                        ) from None
+                        raise _delta_error(study, arm, stage, err.getvalue()) from None

@@ -96,13 +96,54 @@ def write_spec(folder: Path, shards: Path, **changes) -> Path:
         ),
         (
             {"arms": [{"name": "p00", "value": 0, "evaluation": {"cfg": 1.0}}]},
-            r"arms\[0\]\.evaluation: arms may not",
+            r"arms\[p00\]\.evaluation: arms may not",
+        ),
+        # A missing delta file: the arm by its name (not its index), the file as looked for beside the spec.
+        (
+            {
+                "arms": [
+                    {"name": "p00", "value": 0},
+                    {"name": "p30", "value": 0.3, "generator": "missing.yaml"},
+                ]
+            },
+            r"spec_\d+\.yaml: arms\[p30\]\.generator: delta file not found: missing\.yaml: "
+            r"no file missing\.yaml beside the spec, and no shipped recipe missing\.yaml",
         ),
         (
-            {"arms": [{"name": "p00", "value": 0, "generator": "missing.yaml"}]},
-            r"arms\[0\]\.generator: delta file",
+            {
+                "arms": [
+                    {"name": "p00", "value": 0},
+                    {"name": "p30", "value": 0.3, "generator": ["p30.yaml", "deltas/./nope.yaml"]},
+                ]
+            },
+            r"arms\[p30\]\.generator\[1\]: delta file not found: deltas/\./nope\.yaml: "
+            r"no file deltas/nope\.yaml beside the spec",
         ),
-        ({"arms": [{"name": "p00", "value": 0, "genrator": {}}]}, r"arms\[0\]\.genrator: unknown key"),
+        (
+            {"arms": [{"name": "p00", "value": 0, "generator": "../elsewhere/nope.yaml"}]},
+            r"arms\[p00\]\.generator: .*no file \.\./elsewhere/nope\.yaml beside the spec, "
+            r"and it names no shipped recipe",
+        ),
+        ({"arms": [{"name": "p00", "value": 0, "genrator": {}}]}, r"arms\[p00\]\.genrator: unknown key"),
+        ({"arms": [{"value": 0}]}, r"arms\[0\]\.name: missing"),
+        # SLURM parameters: checked against submitit's names and types, study-wide and per arm.
+        (
+            {"slurm": {"partiton": "gpu"}},
+            r"spec_\d+\.yaml: slurm\.partiton: unknown SLURM parameter \(did you mean 'partition'\? "
+            r"submitit takes: .*gpus_per_node",
+        ),
+        (
+            {"arms": [{"name": "p00", "value": 0, "slurm": {"gpus_per_nod": 1}}]},
+            r"spec_\d+\.yaml: arms\[p00\]\.slurm\.gpus_per_nod: unknown SLURM parameter",
+        ),
+        ({"slurm": {"timeout_min": "10:00:00"}}, r"slurm\.timeout_min: expected int, got '10:00:00'"),
+        ({"slurm": {"gpus_per_node": True}}, r"slurm\.gpus_per_node: expected int, got True"),
+        ({"slurm": {"partition": ["a", "b"]}}, r"slurm\.partition: expected a single value"),
+        ({"slurm": ["partition"]}, r"slurm: expected a mapping of SLURM parameters"),
+        (
+            {"slurm": {"partition": "a", "slurm_partition": "b"}},
+            r"slurm\.slurm_partition: 'partition' is given twice",
+        ),
         ({"evaluation": {"num_imgs": 3}}, r"evaluation\.num_imgs: unknown key"),
         ({"stages": {"tokenizer": {"recipe": "tok.yaml"}}}, r"stages\.generator: missing"),
     ],
@@ -114,21 +155,87 @@ def test_spec_errors_name_the_file_and_the_key(recipes, openmoji_shards, changes
     assert "\n" not in str(info.value)
 
 
-def test_a_delta_that_does_not_parse_against_its_stage(recipes, openmoji_shards):
+@pytest.mark.parametrize(
+    ("arm", "changes", "message"),
+    [
+        (  # an unknown key
+            {"generator": {"model": {"max_flip_probability": 0.1}}},
+            {},
+            "arms[p30].generator: does not parse: model.max_flip_probability = 0.1 "
+            "(set by this arm's generator delta): model has no option 'max_flip_probability'",
+        ),
+        (  # a wrong type inside a class_path (the parser also tried None: not reported)
+            {"tokenizer": {"model": {"tokenizer": {"codebook_dim": "eight"}}}},
+            {},
+            'arms[p30].tokenizer: does not parse: model.tokenizer.codebook_dim = "eight" '
+            "(set by this arm's tokenizer delta): expected int, got eight "
+            "(in infinity_lit.tokenizer.TokenizerConfig)",
+        ),
+        (  # the study's own overrides are at fault, not the arm that first reads them
+            {},
+            {
+                "stages": {
+                    "tokenizer": {"recipe": "tok.yaml"},
+                    "generator": {
+                        "recipe": "gen.yaml",
+                        "overrides": {"data": {"init_args": {"batch_size": "x"}}},
+                    },
+                }
+            },
+            'arms[p00].generator: does not parse: data.init_args.batch_size = "x" '
+            "(set by stages.generator.overrides): expected int, got x (in infinity_lit.data.ShardDataModule)",
+        ),
+    ],
+)
+def test_a_delta_that_does_not_parse_against_its_stage(recipes, openmoji_shards, arm, changes, message):
     spec = write_spec(
         recipes,
         openmoji_shards,
-        arms=[{"name": "p00", "value": 0.0, "generator": {"model": {"max_flip_probability": 0.1}}}],
+        seeds=[0],
+        arms=[{"name": "p00", "value": 0.0}, {"name": "p30", "value": 0.3, **arm}],
+        **changes,
     )
     study = load_study(spec)  # the keys of a delta are the stage's business: checked by check_deltas
-    with pytest.raises(StudyError, match=r"arms\[p00\]\.generator: does not parse.*max_flip_probability"):
+    with pytest.raises(StudyError) as info:
         check_deltas(study)
+    text = str(info.value)
+    # One line: the file, the arm by name, the stage, the key, its value and who set it; no usage text.
+    assert text == f"{spec}: {message}"
+    assert "usage:" not in text and "tip:" not in text and "--help" not in text and "\n" not in text
+
+
+def test_the_parser_error_is_the_key_and_the_reason_without_the_usage_text():
+    from infinity_lit.studies.spec import parser_error
+
+    usage = (
+        "usage: infinity-lit [-c CONFIG] [--print_config[=flags]]\n       [--trainer.max_steps MAX_STEPS]\n"
+    )
+    tip = "tip: For details of accepted options run: infinity-lit fit --help\n"
+    assert parser_error(usage + tip + "error: Option 'modle.x' is not accepted\n") == (
+        "modle.x",
+        "no such option",
+    )
+    assert parser_error(
+        usage
+        + tip
+        + "error: Parser key \"trainer.max_steps\":\n  Expected a <class 'int'>. Got value: many\n"
+    ) == (
+        "trainer.max_steps",
+        "expected int, got many",
+    )
+    # Without an error line, what is left once the usage text is dropped.
+    assert parser_error(usage + "something else went wrong\n") == (None, "something else went wrong")
 
 
 def test_the_resolved_spec_reads_back_to_an_equal_study(recipes, openmoji_shards, tmp_path):
     from infinity_lit.studies.spec import resolved_spec
 
-    study = load_study(write_spec(recipes, openmoji_shards))
+    arms = [
+        {"name": "p00", "value": 0.0, "generator": {"model": {"max_flip_prob": 0.0}}},
+        {"name": "p30", "value": 0.3, "generator": "p30.yaml", "slurm": {"slurm_partition": "gpu"}},
+    ]
+    study = load_study(write_spec(recipes, openmoji_shards, arms=arms, slurm={"timeout_min": 60}))
+    assert study.slurm == {"timeout_min": 60} and study.arm("p30").slurm == {"partition": "gpu"}
     copy = tmp_path / "study.yaml"  # elsewhere: no relative recipe or delta file can resolve from here
     copy.write_text(yaml.safe_dump(resolved_spec(study)))
     again = load_study(copy)
@@ -138,6 +245,7 @@ def test_the_resolved_spec_reads_back_to_an_equal_study(recipes, openmoji_shards
     assert (
         again.stages == study.stages and again.evaluation == study.evaluation and again.seeds == study.seeds
     )
+    assert again.slurm == study.slurm and [a.slurm for a in again.arms] == [a.slurm for a in study.arms]
     assert [stage_key(again, a, 0, "generator") for a in again.arms] == [
         stage_key(study, a, 0, "generator") for a in study.arms
     ]
@@ -418,6 +526,7 @@ def test_run_refuses_a_delta_that_does_not_parse_before_training_anything(
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "arms[bad].generator: does not parse" in err
+    assert "usage:" not in err and "model.max_flip_probability = 0.1" in err
     assert not out.exists()
 
 
@@ -498,3 +607,62 @@ def test_a_stage_records_its_process_and_status_tells_a_killed_one(
     marker = out / tokenizer.owner / runner.RUNNING
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "host": "another-host.invalid"}))
     assert runner.stage_state(out, tokenizer)["state"] == "running"
+
+
+def test_status_names_the_host_of_a_stage_running_elsewhere(recipes, openmoji_shards, tmp_path, capsys):
+    """A RUNNING marker from another host cannot be checked from here: status says where, which pid and since
+    when; a marker of this host whose process is gone still reads "interrupted", a live one "running"."""
+    import subprocess
+    import sys
+
+    from infinity_lit.cli import run
+    from infinity_lit.studies import runner
+
+    spec = write_spec(recipes, openmoji_shards)
+    study = load_study(spec)
+    out = tmp_path / "study"
+    tasks = plan(study)
+    runner._prepare(study, out, tasks)
+    task = {(t.arm, t.seed, t.stage): t for t in tasks}
+    remote = {
+        "since": "2025-03-01T10:00:00",
+        "pid": 4242,
+        "host": "node042.cluster.invalid",
+        "process_start": "7",
+    }
+    (out / task[("p00", 0, "tokenizer")].owner / runner.RUNNING).write_text(json.dumps(remote))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process of this host that has ended
+    dead = runner.mark_running(out / task[("p00", 1, "tokenizer")].owner)
+    (out / task[("p00", 1, "tokenizer")].owner / runner.RUNNING).write_text(
+        json.dumps({**dead, "pid": gone.pid, "process_start": None})
+    )
+    runner.mark_running(out / task[("p30", 1, "generator")].owner)  # this process: alive
+
+    state = runner.stage_state(out, task[("p00", 0, "tokenizer")])
+    assert state["state"] == "running" and state["checked"] is False and state["host"] == remote["host"]
+    assert runner.stage_state(out, task[("p00", 1, "tokenizer")])["state"] == "interrupted"
+    live = runner.stage_state(out, task[("p30", 1, "generator")])
+    assert live["state"] == "running" and live["checked"] is True
+
+    rows = run(["study", "status", str(out)])
+    printed = capsys.readouterr().out
+    states = {(r["arm"], r["seed"]): r["state"] for r in rows}
+    assert states == {
+        ("p00", 0): "running",
+        ("p30", 0): "running",
+        ("p00", 1): "interrupted",
+        ("p30", 1): "interrupted",
+    }
+    line = "tokenizer running on node042.cluster.invalid (pid 4242, since 2025-03-01T10:00:00; cannot check from here)"
+    assert printed.count(line) == 2  # p00's row and p30's, which shares that tokenizer
+    assert printed.count("tokenizer interrupted (re-run `study run` to resume)") == 2
+    assert "generator running on" not in printed  # checked here, alive: no note
+
+    # An old marker that names no process (only a time) cannot be checked either, and says so.
+    (out / task[("p00", 0, "tokenizer")].owner / runner.RUNNING).write_text("2025-03-01T09:00:00")
+    text = runner.format_status(status(out, study))
+    assert (
+        "tokenizer running (since 2025-03-01T09:00:00; the marker names no process: cannot check from here)"
+        in text
+    )
