@@ -579,16 +579,23 @@ def stage_key(
 
     Hashes the stacked configuration (contents, not file paths), the seed, the data settings, the content
     of a ``data.dir`` (``data_content``: ``data.shards_digest``, as ``plan`` passes it; so shards rebuilt
-    under the same path give new keys and are not silently reused), the stage's name and the keys of the
-    stages it consumes.
+    under the same path give new keys and are not silently reused), the stage's name, the keys of the
+    stages it consumes and, for a training stage whose configs name no ``trainer.precision``, the precision
+    it trains in on this machine (``precision.training_precision_of``).
     """
+    config = stacked_config(study, arm, stage) if stage in TRAIN_STAGES else None
     payload = {
         "stage": stage,
-        "config": stacked_config(study, arm, stage) if stage in TRAIN_STAGES else None,
+        "config": config,
         "seed": seed,
         "data": study.data.as_dict(),
         "upstream": list(upstream),
     }
+    if config is not None and not (config.get("trainer") or {}).get("precision"):
+        # The recipe names no precision: the fit trains in this machine's fast one, which the key must say.
+        from infinity_lit.precision import training_precision_of
+
+        payload["precision"] = training_precision_of(config.get("trainer"))
     if data_content is not None:
         payload["data_content"] = data_content
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import TINY_TOKENIZER as TINY_ARCHITECTURE
 from conftest import TINY_TRANSFORMER
 
 from infinity_lit.studies.runner import STAGES, plan, run_study, status
-from infinity_lit.studies.spec import StudyError, check_deltas, load_study, stage_key
+from infinity_lit.studies.spec import StudyError, check_deltas, load_study, merge, stacked_config, stage_key
 
 # A tokenizer and a generator small enough to fit in seconds on 32² shards.
 TINY_TOKENIZER = {
@@ -263,6 +264,37 @@ def test_equal_stages_share_a_key_and_different_ones_do_not(recipes, openmoji_sh
     shared = {(t.arm, t.seed, t.stage) for t in tasks if t.shared}
     # p30 shares p00's tokenizer and its reconstruction metrics, seed by seed; nothing else is shared.
     assert shared == {("p30", s, stage) for s in (0, 1) for stage in ("tokenizer", "recon")}
+
+
+def test_a_training_stage_key_says_the_machines_default_precision(recipes, openmoji_shards, monkeypatch):
+    """A recipe that names no precision trains in the machine's fast one: the key differs between a machine
+    where that is bf16-mixed and one where it is 32-true, and not where the spec pins it."""
+    from infinity_lit import precision
+
+    study = load_study(write_spec(recipes, openmoji_shards))
+    arm = study.arms[0]
+    keys = {}
+    for fast in (False, True):
+        monkeypatch.setattr(precision, "bf16_is_fast", lambda device, fast=fast: fast)
+        keys[fast] = (stage_key(study, arm, 0, "tokenizer"), stage_key(study, arm, 0, "recon", ["x"]))
+    assert "precision" not in stacked_config(study, arm, "tokenizer").get("trainer", {})
+    assert keys[False][0] != keys[True][0]
+    assert keys[False][1] == keys[True][1]  # an evaluation stage's key follows its upstream keys only
+    pinned = replace(
+        study,
+        stages={
+            **study.stages,
+            "tokenizer": replace(
+                study.stages["tokenizer"],
+                overrides=merge(study.stages["tokenizer"].overrides, {"trainer": {"precision": "32-true"}}),
+            ),
+        },
+    )
+    pinned_keys = []
+    for fast in (False, True):
+        monkeypatch.setattr(precision, "bf16_is_fast", lambda device, fast=fast: fast)
+        pinned_keys.append(stage_key(pinned, pinned.arms[0], 0, "tokenizer"))
+    assert pinned_keys[0] == pinned_keys[1]
 
 
 def test_shards_changed_under_the_same_path_change_every_key(recipes, openmoji_shards, tmp_path):
