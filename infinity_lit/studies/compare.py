@@ -14,7 +14,10 @@ Markdown twin whose pictures are files under ``OUT/assets/``:
    bit accuracy against the scale index;
 4. training curves of all arms overlaid (one colour per arm, one thin line per seed);
 5. sample grids side by side, rows paired by prompt text and image seed;
-6. every (arm, seed) with its status and error, and the evaluation fingerprint, shown once.
+6. every (arm, seed) with its status and error, and the evaluation fingerprint, shown once;
+7. with per-aspect-ratio scores (``fid@ar0.5``, ``kid@ar2``, …: ordinary metrics, summarised and tested
+   like every other), one table per score of arms × aspect ratios (and pooled), with the effects against
+   the baseline, and a plot of each score against the aspect ratio.
 
 Numbers are pooled or compared only when their evaluation fingerprints agree (``check_fingerprints``):
 an FID over 500 images at 64² is not comparable with one over 1,000 images at 128².
@@ -27,6 +30,7 @@ import datetime as _dt
 import html
 import math
 import numbers
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -505,10 +509,33 @@ _KNOWN_METRICS: dict[str, MetricInfo] = {
 }
 
 
+#: A score of one aspect-ratio bucket: ``<metric>@ar<bucket>`` (``fid@ar0.5``, ``kid@ar2``).
+AR_METRIC = re.compile(r"^(?P<metric>\w+)@ar(?P<ratio>\d+(?:\.\d+)?)$")
+
+
+def aspect_ratio_metric(metric: str) -> tuple[str, str] | None:
+    """(the pooled metric, the bucket name) of a per-aspect-ratio metric key (``"fid@ar0.5"`` →
+    ``("fid", "0.5")``); None for any other key."""
+    m = AR_METRIC.match(metric)
+    return (m["metric"], m["ratio"]) if m else None
+
+
 def metric_info(metric: str) -> MetricInfo:
-    """Label, digits, direction and sort position of a metric key (unknown keys: the key itself)."""
+    """Label, digits, direction and sort position of a metric key (unknown keys: the key itself); a
+    per-aspect-ratio key (``fid@ar0.5``) is its metric's, labelled "FID at h/w 0.5"."""
     if metric in _KNOWN_METRICS:
         return _KNOWN_METRICS[metric]
+    per_ar = aspect_ratio_metric(metric)
+    if per_ar is not None:
+        base = metric_info(per_ar[0])
+        return MetricInfo(
+            f"{base.label} at h/w {per_ar[1]}",
+            base.digits,
+            base.higher_is_better,
+            base.order,
+            base.low,
+            base.high,
+        )
     m = PER_SCALE_TAG.match(metric)
     if m and not m["prefix"]:
         if m["metric"] == "psnr":
@@ -518,9 +545,13 @@ def metric_info(metric: str) -> MetricInfo:
 
 
 def _metric_sort_key(metric: str) -> tuple:
+    # A per-aspect-ratio score follows its pooled metric, by ascending aspect ratio.
+    per_ar = aspect_ratio_metric(metric)
+    if per_ar is not None:
+        return (metric_info(metric).order, 1, float(per_ar[1]), 0, metric)
     m = PER_SCALE_TAG.match(metric)
     k = int(m["k"]) if m and not m["prefix"] else 0
-    return (metric_info(metric).order, k, metric)
+    return (metric_info(metric).order, 0, 0.0, k, metric)
 
 
 def _decimals(value: float, digits: int | None) -> int:
@@ -811,6 +842,60 @@ def per_scale_figure(comp: Comparison):
     return fig
 
 
+def aspect_ratio_groups(comp: Comparison) -> dict[str, list[str]]:
+    """Pooled metric → the buckets (names, ascending aspect ratio) of its per-aspect-ratio metrics
+    (``fid@ar0.5`` …) among the comparison's metrics, in metric order; empty without such metrics."""
+    groups: dict[str, list[str]] = {}
+    for m in comp.metrics:
+        per_ar = aspect_ratio_metric(m)
+        if per_ar is not None:
+            groups.setdefault(per_ar[0], []).append(per_ar[1])
+    return {base: sorted(buckets, key=float) for base, buckets in groups.items()}
+
+
+def aspect_ratio_figure(comp: Comparison):
+    """One panel per score with per-aspect-ratio metrics (``aspect_ratio_groups``): each arm's mean at every
+    bucket h/w and pooled, with 95 % CI error bars (none for one seed). Returns a matplotlib Figure, or
+    None."""
+    groups = aspect_ratio_groups(comp)
+    if not groups:
+        return None
+    plt = pyplot()
+    colors = arm_colors(comp.arms)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.3), squeeze=False)
+    for ax, (base, buckets) in zip(axes.flat, groups.items()):
+        keys = [f"{base}@ar{b}" for b in buckets] + ([base] if base in comp.metrics else [])
+        labels = [f"h/w {b}" for b in buckets] + (["pooled"] if base in comp.metrics else [])
+        for i, arm in enumerate(comp.arms):
+            offset = (i - (len(comp.arms) - 1) / 2) * 0.06
+            points = [(x + offset, comp.summaries[arm][k]) for x, k in enumerate(keys)]
+            points = [(x, s) for x, s in points if s.mean is not None]
+            if not points:
+                continue
+            ax.plot(
+                [x for x, _ in points], [s.mean for _, s in points], marker="o", color=colors[arm], label=arm
+            )
+            with_ci = [(x, s) for x, s in points if s.ci is not None]
+            if with_ci:  # a one-seed point gets no bar rather than a zero-width one
+                ax.errorbar(
+                    [x for x, _ in with_ci],
+                    [s.mean for _, s in with_ci],
+                    yerr=[[s.mean - s.ci[0] for _, s in with_ci], [s.ci[1] - s.mean for _, s in with_ci]],
+                    fmt="none",
+                    capsize=3,
+                    ecolor=colors[arm],
+                )
+        info = metric_info(base)
+        arrow = {True: " ↑ better", False: " ↓ better", None: ""}[info.higher_is_better]
+        ax.set_xticks(range(len(keys)), labels, fontsize=7)
+        ax.set_title(f"{info.label} per aspect ratio{arrow}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _stage_label(run_dir: Path) -> str:
     # A stage's training run is ``OUT/<stage>/run``: the stage's name says more than "run".
     return run_dir.parent.name if run_dir.name == STAGE_RUN else run_dir.name
@@ -919,11 +1004,26 @@ class SampleGrid:
     rows: list[tuple[str, int | None, list[Path | None]]]
 
 
+def sample_folders(samples_dir: Path) -> list[Path]:
+    """The sample folders of a record: ``samples_dir`` itself when it holds ``metadata.jsonl``, else its
+    sub-folders that do (one per aspect-ratio bucket, ``ar0.5``, ``ar1``, …), ordered by aspect ratio."""
+    if (samples_dir / "metadata.jsonl").is_file() or not samples_dir.is_dir():
+        return [samples_dir]
+    subfolders = [p for p in samples_dir.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file()]
+
+    def ratio(p: Path) -> tuple[float, str]:
+        m = re.fullmatch(r"ar(\d+(?:\.\d+)?)", p.name)
+        return (float(m[1]) if m else math.inf, p.name)
+
+    return sorted(subfolders, key=ratio) or [samples_dir]
+
+
 def sample_grid(comp: Comparison, max_rows: int = 8, max_seeds_per_arm: int = 3) -> SampleGrid:
     """Pair the finished records' samples by (prompt text, image seed), never by row number.
 
     Rows come in the order of the first column that has them; rows present in more columns come first,
-    then the first ``max_rows`` are kept.
+    then the first ``max_rows`` are kept. A record whose samples are per-aspect-ratio folders
+    (``sample_folders``) gives its buckets' images in turn, so the rows show every aspect ratio.
     """
     columns: list[tuple[str, int]] = []
     entries: list[dict[tuple[str, int | None], Path]] = []
@@ -933,12 +1033,20 @@ def sample_grid(comp: Comparison, max_rows: int = 8, max_seeds_per_arm: int = 3)
             key=lambda r: r.seed,
         )
         for r in recs[:max_seeds_per_arm]:
+            # A folder of per-aspect-ratio sample folders: their images taken in turn, one of each bucket.
+            per_folder: list[list[tuple[tuple[str, int | None], Path]]] = []
+            for folder in sample_folders(r.samples_dir):
+                images = []
+                for rec in read_metadata(folder):
+                    path = folder / str(rec.get("file", ""))
+                    if path.is_file():
+                        images.append(((str(rec.get("prompt", "")), rec.get("image_seed")), path))
+                per_folder.append(images)
             found: dict[tuple[str, int | None], Path] = {}
-            for rec in read_metadata(r.samples_dir):
-                path = r.samples_dir / str(rec.get("file", ""))
-                if path.is_file():
-                    seed = rec.get("image_seed")
-                    found.setdefault((str(rec.get("prompt", "")), seed), path)
+            for i in range(max((len(images) for images in per_folder), default=0)):
+                for images in per_folder:
+                    if i < len(images):
+                        found.setdefault(*images[i])
             if found:
                 columns.append((arm, r.seed))
                 entries.append(found)
@@ -980,6 +1088,14 @@ _STATS_STATEMENT = (
     "One seed: the value alone, no interval. "
     "Failed seeds are left out. KID intervals are over seeds; a run's own KID ± subset std is in the runs "
     "table, and left out there when its subsets were the whole set."
+)
+
+_ASPECT_RATIO_STATEMENT = (
+    "Per aspect-ratio bucket h/w: the samples of that bucket's held-out captions, drawn at its aspect ratio, "
+    "against that bucket's held-out images. Pooled: every bucket's samples as one set against the whole "
+    "held-out split (each image resized to 299x299 on its own). Cells as in 'Metrics per arm'; effects "
+    "against the baseline as in 'Effects' (Welch's t-test over seeds, no correction for multiple tests). "
+    "Which buckets each number covers is in the fingerprint (aspect_ratios)."
 )
 
 _RUN_COLUMNS = (
@@ -1166,6 +1282,40 @@ def write_comparison(
     else:
         page.para("Nothing to compare: the study has a single arm or no metrics.")
 
+    # Per aspect ratio: arms × buckets (and pooled) of each score that has them.
+    groups = aspect_ratio_groups(comp)
+    if groups:
+        page.heading("Metrics per aspect ratio")
+        page.para(_ASPECT_RATIO_STATEMENT, "small")
+        for base, buckets in groups.items():
+            keys = [f"{base}@ar{b}" for b in buckets] + ([base] if base in comp.metrics else [])
+            header = [*(f"h/w {b}" for b in buckets), *(["pooled"] if base in comp.metrics else [])]
+            page.heading(f"{metric_info(base).label} per aspect ratio", 3)
+            page.table(
+                ["arm", *header],
+                [
+                    [head] + [format_summary(comp.summaries[a][k]) for k in keys]
+                    for a, head in zip(comp.arms, arm_head)
+                ],
+                classes=[[""] + ["num"] * len(keys) for _ in comp.arms],
+            )
+            if others:
+                rows, classes = [], []
+                for a in others:
+                    effects = [comp.effects[a][k] for k in keys]
+                    rows.append([a] + [format_effect(e) for e in effects])
+                    classes.append(
+                        [""] + ["out" if e.verdict == "outside seed noise" else "" for e in effects]
+                    )
+                page.table([f"effect against {baseline!r}", *header], rows, classes)
+        fig = aspect_ratio_figure(comp)
+        if fig is not None:
+            page.picture(
+                "Scores per aspect ratio and pooled (95 % CI error bars; n=1: no bar)",
+                figure_png(fig),
+                "aspect_ratios.png",
+            )
+
     # Plots.
     page.heading(f"Metrics against {variable}")
     fig = metric_figure(comp, headline)
@@ -1199,7 +1349,9 @@ def write_comparison(
 
     # Every run.
     page.heading("Runs")
-    columns = [m for m in _RUN_COLUMNS if any(r.done and is_number(r.metrics.get(m)) for r in comp.records)]
+    per_ar_fid = [m for m in comp.metrics if (aspect_ratio_metric(m) or ("",))[0] == "fid"]
+    run_columns = [c for m in _RUN_COLUMNS for c in ([m, *per_ar_fid] if m == "fid" else [m])]
+    columns = [m for m in run_columns if any(r.done and is_number(r.metrics.get(m)) for r in comp.records)]
     run_rows, run_classes = [], []
     for r in comp.records:
         row = [r.arm, str(r.seed), r.status] + [_run_cell(r, m) if r.done else "–" for m in columns]
@@ -1284,6 +1436,7 @@ def _sample_table(page: _Page, grid: SampleGrid, size: int) -> None:
 
 
 __all__ = [
+    "AR_METRIC",
     "AUXILIARY_METRICS",
     "HEADLINE_METRICS",
     "PER_RUN_FIELDS",
@@ -1293,12 +1446,16 @@ __all__ = [
     "SampleGrid",
     "StudyRecord",
     "as_records",
+    "aspect_ratio_figure",
+    "aspect_ratio_groups",
+    "aspect_ratio_metric",
     "check_fingerprints",
     "compare",
     "curve_figures",
     "effect",
     "format_summary",
     "metric_figure",
+    "sample_folders",
     "sample_grid",
     "summarize",
     "summarize_metric",

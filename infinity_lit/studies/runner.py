@@ -12,6 +12,12 @@
       <arm>/seed_<s>/hparams/              TensorBoard HParams session: studied variable + final metrics
       report/                              the comparison (comparison.html, comparison.md, assets/, records.json)
 
+With ``evaluation.aspect_ratios`` (a study on data with aspect-ratio buckets), ``samples/ar<bucket>/``
+holds one sample per held-out caption of that bucket at its aspect ratio, ``score/ar<bucket>/metrics.json``
+scores it against that bucket's held-out images and ``score/metrics.json`` all of them pooled against the
+whole held-out split; the report has ``fid@ar<bucket>`` (``kid@…``) beside the pooled ``fid`` (``kid``), and
+the fingerprint says which buckets each number covers (``stages.sample_buckets``, ``stages.score_buckets``).
+
 Each stage has a key (``spec.stage_key``: its stacked config, seed, data and upstream keys). The first
 (arm, seed) in spec order that needs a key computes it in its own folder; every other (arm, seed) with
 that key gets a symbolic link to that folder (e.g. the bit-flip arms share one tokenizer per seed). A
@@ -43,7 +49,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +63,7 @@ from .spec import (
     Study,
     check_deltas,
     check_slurm,
+    evaluation_settings,
     load_study,
     resolved_spec,
     stage_key,
@@ -135,7 +142,7 @@ def plan(study: Study) -> list[Task]:
 
     The keys (``stage_key``) include the content of a ``data.dir``: shards changed under the same path make
     every stage "stale" (set aside and run again), never silently reused."""
-    eval_settings = asdict(study.evaluation)
+    eval_settings = evaluation_settings(study.evaluation)
     content = data_content(study)
     owners: dict[str, str] = {}
     tasks: list[Task] = []
@@ -359,13 +366,24 @@ def execute(spec_path: str, out: str, task: Task, data_dir: str) -> dict[str, An
             runs.mark_done(folder, {"metrics": record["metrics"], "seconds": round(time.time() - start, 1)})
         elif task.stage == "samples":
             generator = runs.last_checkpoint(root / task.upstream["generator"] / runs.STAGE_RUN)
-            result = stages.sample(generator, folder, Path(data_dir), ev)
+            if ev.aspect_ratios:
+                # The captions of each bucket as prompts files in one place for every (arm, seed).
+                prompts = root / "data" / "prompts"
+                result = stages.sample_buckets(generator, folder, Path(data_dir), ev, prompts)
+            else:
+                result = stages.sample(generator, folder, Path(data_dir), ev)
             runs.mark_done(
                 folder, {**result, "checkpoint": str(generator), "seconds": round(time.time() - start, 1)}
             )
         elif task.stage == "score":
-            record = stages.score(root / task.upstream["samples"], folder, Path(data_dir), ev)
-            runs.mark_done(folder, {"metrics": record["metrics"], "seconds": round(time.time() - start, 1)})
+            if ev.aspect_ratios:
+                record = stages.score_buckets(root / task.upstream["samples"], folder, Path(data_dir), ev)
+            else:
+                record = stages.score(root / task.upstream["samples"], folder, Path(data_dir), ev)
+            covered = {"buckets": record["buckets"]} if "buckets" in record else {}
+            runs.mark_done(
+                folder, {"metrics": record["metrics"], **covered, "seconds": round(time.time() - start, 1)}
+            )
         else:  # pragma: no cover - STAGES is closed
             raise ValueError(f"unknown stage {task.stage!r}")
     except Exception as err:  # a failed stage is recorded; the study goes on with the others
@@ -803,12 +821,63 @@ def _fingerprint(score: dict[str, Any], evaluation: dict[str, Any]) -> dict[str,
     }
 
 
+#: Scores reported per aspect-ratio bucket: metric name → the key of a score record's ``metrics``.
+BUCKET_METRICS = {"fid": "fid", "kid": "kid_mean", "clip_score": "clip_score"}
+
+
+def bucket_metrics(metrics: dict[str, Any], buckets: dict[str, Any], score_dir: Path) -> dict[str, Any]:
+    """The per-aspect-ratio numbers of a score stage (``stages.score_buckets``) as comparison metrics, and
+    their fingerprint.
+
+    Args:
+        metrics: the score stage's done-marker metrics (``per_aspect_ratio``: bucket → its score metrics).
+        buckets: the done marker's ``buckets`` (which buckets each number covers).
+        score_dir: the stage's folder (``ar<bucket>/metrics.json`` per bucket).
+
+    Returns:
+        {"metrics": {"fid@ar<bucket>": …, "kid@ar<bucket>": …, "clip_score@ar<bucket>": … (numbers only)},
+        "fingerprint": {} without buckets, else {"aspect_ratios": {"pooled": {"sample_buckets",
+        "reference_buckets"} (the buckets behind ``fid`` / ``kid``), "<bucket>": {"sample_buckets",
+        "reference_buckets", and that score's fingerprint fields: reference (without its path),
+        reference_sha256, sizes, formats, counts}}}}.
+    """
+    from .compare import is_number
+    from .stages import bucket_folder
+
+    per = metrics.get("per_aspect_ratio") or {}
+    out: dict[str, Any] = {}
+    for name, values in per.items():
+        for metric, key in BUCKET_METRICS.items():
+            if is_number(values.get(key)):
+                out[f"{metric}@ar{name}"] = values[key]
+    if not per:
+        return {"metrics": out, "fingerprint": {}}
+    fingerprint: dict[str, Any] = {"pooled": dict(buckets.get("pooled") or {})}
+    for name in per:
+        path = score_dir / bucket_folder(name) / "metrics.json"
+        score = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        reference = dict(score.get("reference") or {})
+        reference.pop("path", None)
+        ref, gen = score.get("reference_content", {}), score.get("generated_content", {})
+        fingerprint[name] = {
+            **dict(buckets.get(name) or {}),
+            "reference": reference,
+            "reference_sha256": ref.get("sha256"),
+            "reference_sizes": ref.get("sizes"),
+            "generated_sizes": gen.get("sizes"),
+            "generated_format": gen.get("format"),
+            "num_images": score.get("num_images"),
+            "num_reference_images": score.get("num_reference_images"),
+        }
+    return {"metrics": out, "fingerprint": {"aspect_ratios": fingerprint}}
+
+
 def collect_records(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
     """One comparison record (``compare.StudyRecord`` as a dict) per finished or failed (arm, seed)."""
     out = Path(out)
     study = study if study is not None else load_study(out / "study.yaml")
     values = {a.name: a.value for a in study.arms}
-    evaluation = asdict(study.evaluation)
+    evaluation = evaluation_settings(study.evaluation)
     records = []
     for row in status(out, study):
         if row["state"] not in ("done", "failed"):
@@ -835,6 +904,8 @@ def collect_records(out: str | Path, study: Study | None = None) -> list[dict[st
             "tokenizer_psnr": recon.get("metrics", {}).get("psnr"),
             "tokenizer_ssim": recon.get("metrics", {}).get("ssim"),
         }
+        per_ar = bucket_metrics(m, score_done.get("buckets") or {}, base / "score")
+        metrics.update(per_ar["metrics"])
         for k, v in (recon.get("metrics", {}).get("psnr_per_scale") or {}).items():
             metrics[f"psnr_scale_{k}"] = v
         for tag, v in gen.items():
@@ -859,7 +930,9 @@ def collect_records(out: str | Path, study: Study | None = None) -> list[dict[st
                 **record,
                 "status": "done",
                 "metrics": {k: v for k, v in metrics.items() if v is not None},
-                "fingerprint": relative_paths(_fingerprint(score, evaluation), out),
+                "fingerprint": relative_paths(
+                    {**_fingerprint(score, evaluation), **per_ar["fingerprint"]}, out
+                ),
                 "run_dirs": [
                     str(base / "tokenizer" / runs.STAGE_RUN),
                     str(base / "generator" / runs.STAGE_RUN),

@@ -23,6 +23,16 @@ its study-wide ``overrides`` exactly as ``-c`` files are stacked on the command 
 paths are looked up beside the spec, then among the shipped recipes (``infinity_lit.recipes.recipe_path``).
 The evaluation settings belong to the study, never to an arm, so every arm is measured the same way.
 
+Aspect ratios (optional): ``data: {openmoji: {resolution: 64, aspect_ratios: [0.5, 1, 2], stride: 8}}``
+builds OpenMoji on canvases of those template aspect ratios h/w (one bucket each, sized as ``data openmoji
+--aspect_ratios … --stride …`` sizes them; ``stride`` defaults to the study's tokenizer recipe's), and a
+``data: {dir: …}`` built with ``--aspect_ratios`` has its buckets in its manifest. Every arm's tokenizer must
+have a schedule for every bucket (its own for the square one, the method's template with as many scales for
+the others, as a fit checks): an arm that has none is a one-line error naming the arm and the bucket.
+``evaluation: {aspect_ratios: [0.5, 1, 2]}`` then samples each bucket's held-out captions at that bucket's
+aspect ratio and scores FID / KID per bucket and pooled (``studies.runner``); each must be a bucket of the
+data. Without these keys a study, its stage keys and its folders are as they always were.
+
 ``slurm`` (optional, at the top and per arm) holds the SLURM parameters of the jobs ``study run --launcher
 slurm`` submits through submitit (``SlurmExecutor.update_parameters``' names: ``partition``,
 ``gpus_per_node``, ``timeout_min``, ``cpus_per_task``, ``mem_gb``, ``account``, ``qos``,
@@ -55,7 +65,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +89,7 @@ _TOP_KEYS = {
 _STAGE_KEYS = {"recipe", "overrides"}
 _ARM_KEYS = {"name", "value", "description", "slurm", *TRAIN_STAGES}
 _DATA_KEYS = {"openmoji", "dir", "resolution"}
-_OPENMOJI_KEYS = {"resolution", "limit"}
+_OPENMOJI_KEYS = {"resolution", "limit", "aspect_ratios", "stride"}
 
 
 class StudyError(ValueError):
@@ -99,6 +109,10 @@ class EvaluationSettings:
         seed: sampling seed (image i uses seed + i), the same for every arm and training seed.
         clip_weights: local CLIP weights for the CLIP score (None: reported as not computed).
         inception_weights: FID Inception weights (None: the converted offline weights).
+        aspect_ratios: template aspect ratios h/w (buckets of the data) to sample and score one by one and
+            pooled (None: one square sample folder, as without buckets). With them, ``num_images`` caps the
+            captions sampled and the reference images of each bucket; the pooled score takes the whole
+            held-out split as its reference.
     """
 
     split: str = "val"
@@ -109,8 +123,20 @@ class EvaluationSettings:
     seed: int = 0
     clip_weights: str | None = None
     inception_weights: str | None = None
+    aspect_ratios: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.aspect_ratios is not None:
+            ratios = self.aspect_ratios
+            if (
+                not isinstance(ratios, (list, tuple))
+                or not ratios
+                or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in ratios)
+            ):
+                raise StudyError(
+                    f"evaluation.aspect_ratios must be a non-empty list of h/w numbers, got {ratios!r}"
+                )
+            object.__setattr__(self, "aspect_ratios", tuple(float(r) for r in ratios))
         if self.num_images is not None and self.num_images < 2:
             raise StudyError(
                 f"evaluation.num_images must be >= 2 (FID needs two images), got {self.num_images}"
@@ -124,17 +150,30 @@ class DataSettings:
     """The study's images: the built-in OpenMoji shards or a shard folder of one's own.
 
     Attributes:
-        resolution: image side in pixels.
+        resolution: image side in pixels (of the square bucket, with aspect ratios).
         openmoji_limit: with OpenMoji: render only this many emoji (None: all).
         dir: a shard folder (``infinity-lit data …``) instead of OpenMoji.
+        aspect_ratios: with OpenMoji: the template aspect ratios h/w of its buckets (None: square images).
+        stride: with ``aspect_ratios``: the tokenizer's stride the bucket sizes are built for.
     """
 
     resolution: int = 64
     openmoji_limit: int | None = None
     dir: str | None = None
+    aspect_ratios: tuple[float, ...] | None = None
+    stride: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"resolution": self.resolution, "openmoji_limit": self.openmoji_limit, "dir": self.dir}
+        """The settings a stage key hashes (the bucket settings only when there are buckets, so that a
+        square study's keys are what they were before buckets existed)."""
+        out: dict[str, Any] = {
+            "resolution": self.resolution,
+            "openmoji_limit": self.openmoji_limit,
+            "dir": self.dir,
+        }
+        if self.aspect_ratios is not None:
+            out.update(aspect_ratios=list(self.aspect_ratios), stride=self.stride)
+        return out
 
 
 @dataclass(frozen=True)
@@ -483,6 +522,12 @@ def load_study(path: str | Path) -> Study:
     evaluation_raw = raw.get("evaluation") or {}
     allowed = set(EvaluationSettings.__dataclass_fields__)
     evaluation_raw = _check_keys(path, "evaluation", evaluation_raw, allowed)
+    if evaluation_raw.get("aspect_ratios") is not None:
+        # Checked here, so that the error names its own key (the others' are checked by the dataclass).
+        try:
+            EvaluationSettings(aspect_ratios=evaluation_raw["aspect_ratios"])
+        except StudyError as err:
+            raise _fail(path, "evaluation.aspect_ratios", str(err).split(" ", 1)[1]) from None
     try:
         evaluation = EvaluationSettings(**evaluation_raw)
     except (StudyError, TypeError) as err:
@@ -494,10 +539,14 @@ def load_study(path: str | Path) -> Study:
     if "openmoji" in data_raw:
         om = _check_keys(path, "data.openmoji", data_raw["openmoji"] or {}, _OPENMOJI_KEYS)
         data = DataSettings(resolution=int(om.get("resolution", 64)), openmoji_limit=om.get("limit"))
+        if om.get("aspect_ratios") is not None:
+            data = _bucketed_openmoji(path, data, om, stages)
+        elif om.get("stride") is not None:
+            raise _fail(path, "data.openmoji.stride", "sizes aspect-ratio buckets: give aspect_ratios too")
     else:
         data = DataSettings(resolution=int(data_raw.get("resolution", 64)), dir=str(data_raw["dir"]))
 
-    return Study(
+    study = Study(
         name=name,
         path=path,
         variable=str(raw["variable"]),
@@ -510,6 +559,212 @@ def load_study(path: str | Path) -> Study:
         description=str(raw.get("description", "")),
         slurm=check_slurm(raw.get("slurm"), "slurm", path),
     )
+    buckets = data_buckets(study.data)
+    if buckets:
+        _check_arm_buckets(study, buckets)
+    if evaluation.aspect_ratios is not None:
+        study = replace(study, evaluation=_checked_evaluation_ratios(path, evaluation, study.data, buckets))
+    return study
+
+
+# ------------------------------------------------------------------------------------------ buckets
+
+#: A data set's aspect-ratio buckets: bucket name ("0.5", "1", "2") → (template h/w, (height, width) pixels).
+Buckets = dict[str, tuple[float, tuple[int, int]]]
+
+
+def tokenizer_geometry(config: Mapping[str, Any]) -> tuple[int, list[tuple[int, int]]] | None:
+    """(stride, scale schedule) of the tokenizer a stacked tokenizer-stage config builds (the config's
+    ``model.tokenizer``, its fields' defaults where it names none); None when that mapping does not make a
+    ``TokenizerConfig`` (``check_deltas`` reports such a config)."""
+    node = (config.get("model") or {}).get("tokenizer") if isinstance(config.get("model"), Mapping) else None
+    node = {} if node is None else node
+    if isinstance(node, Mapping) and "init_args" in node:
+        node = node.get("init_args") or {}
+    if not isinstance(node, Mapping):
+        return None
+    from infinity_lit.tokenizer.model import TokenizerConfig
+
+    try:
+        tokenizer = TokenizerConfig.from_dict(node)
+    except (TypeError, ValueError):
+        return None
+    return tokenizer.stride, [tuple(hw) for hw in tokenizer.scale_schedule]
+
+
+def bucket_schedule(
+    stride: int, schedule: Sequence[Sequence[int]], size: tuple[int, int]
+) -> list[tuple[int, int]] | None:
+    """The scale schedule a tokenizer of ``stride`` and ``schedule`` uses for images of ``size`` (height,
+    width) pixels, as ``BitwiseTokenizer.schedule_for`` picks it: its own for its own size, else the method's
+    template of that aspect ratio with as many scales if it ends at the latent grid; None when neither fits.
+
+    Example: stride 8 and [1, 2, 4, 6, 8] (5 scales) give [(1,1), (2,2), (2,4), (3,6), (5,10)] for 40×80 px
+    images and None for 24×48 px ones (the 0.5 template ends at 3×6 with 4 scales, not 5)."""
+    from infinity_lit.quantizer.schedules import template_schedule
+
+    height, width = size
+    if height % stride or width % stride:
+        return None
+    latent = (height // stride, width // stride)
+    own = [tuple(int(v) for v in hw) for hw in schedule]
+    if own[-1] == latent:
+        return own
+    template = template_schedule(height / width, len(own))
+    return template if template[-1] == latent else None
+
+
+def data_buckets(data: DataSettings) -> Buckets | None:
+    """The aspect-ratio buckets of the study's data: those ``data.openmoji.aspect_ratios`` builds, or those
+    a ``data.dir``'s manifest records; empty for square data; None for a ``data.dir`` with no readable
+    manifest yet (its buckets are then checked when the stages read it)."""
+    if data.dir is None:
+        if data.aspect_ratios is None:
+            return {}
+        from infinity_lit.data.shards import bucket_name, template_buckets
+
+        return {
+            bucket_name(r): (r, size)
+            for r, size in template_buckets(list(data.aspect_ratios), data.resolution, int(data.stride or 0))
+        }
+    manifest = Path(data.dir) / "manifest.json"
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("buckets")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(recorded, Mapping):
+        return {}  # a square data set
+    return {
+        str(name): (float(b["aspect_ratio"]), (int(b["size"][0]), int(b["size"][1])))
+        for name, b in recorded.items()
+    }
+
+
+def _bucketed_openmoji(
+    path: Path, data: DataSettings, om: Mapping[str, Any], stages: Mapping[str, StageSpec]
+):
+    """``data`` with the OpenMoji buckets of ``om`` (``aspect_ratios``, ``stride``: by default the stride of
+    the study's tokenizer recipe with its overrides), checked as ``data openmoji`` checks them."""
+    ratios = om["aspect_ratios"]
+    if (
+        not isinstance(ratios, list)
+        or not ratios
+        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in ratios)
+    ):
+        raise _fail(
+            path, "data.openmoji.aspect_ratios", f"must be a non-empty list of h/w numbers, got {ratios!r}"
+        )
+    stride = om.get("stride")
+    if stride is None:
+        config = dict(_load_yaml(stages["tokenizer"].recipe))
+        if stages["tokenizer"].overrides:
+            config = merge(config, stages["tokenizer"].overrides)
+        geometry = tokenizer_geometry(config)
+        if geometry is None:
+            raise _fail(
+                path, "data.openmoji.stride", "missing, and the tokenizer recipe does not say its stride"
+            )
+        stride = geometry[0]
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise _fail(path, "data.openmoji.stride", f"must be a positive integer, got {stride!r}")
+    from infinity_lit.data.shards import template_buckets
+
+    try:
+        buckets = template_buckets([float(r) for r in ratios], data.resolution, stride)
+    except ValueError as err:
+        key = "stride" if "resolution / stride" in str(err) else "aspect_ratios"
+        raise _fail(path, f"data.openmoji.{key}", str(err)) from None
+    return replace(data, aspect_ratios=tuple(r for r, _ in buckets), stride=stride)
+
+
+def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
+    """Every arm's tokenizer has a schedule for every bucket (``bucket_schedule``), as a fit checks before
+    it starts; else a one-line ``StudyError`` naming the arm, the bucket and the scale count that fits it."""
+    from infinity_lit.quantizer.schedules import template_schedule
+
+    for arm in study.arms:
+        geometry = tokenizer_geometry(stacked_config(study, arm, "tokenizer"))
+        if geometry is None:
+            continue
+        stride, schedule = geometry
+        for name, (ratio, (height, width)) in buckets.items():
+            if bucket_schedule(stride, schedule, (height, width)) is not None:
+                continue
+            where = f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
+            latent = f"{height / stride:g}×{width / stride:g}"
+            fitting = [
+                k
+                for k in range(1, 14)
+                if height % stride == 0
+                and width % stride == 0
+                and template_schedule(ratio, k)[-1] == (height // stride, width // stride)
+            ]
+            needs = (
+                f"the method's template for h/w {name} ends there with {fitting[0]} scales"
+                if fitting
+                else "no template of the method ends there"
+            )
+            raise _fail(
+                study.path,
+                where,
+                f"the tokenizer's scale_schedule {[list(hw) for hw in schedule]} ({len(schedule)} scales, stride "
+                f"{stride}) has no schedule for the data's bucket {name} ({height}×{width} px, latent {latent}): "
+                f"{needs}; a non-square bucket is trained on the template with as many scales as the tokenizer's "
+                "own schedule",
+            )
+
+
+def _checked_evaluation_ratios(
+    path: Path, evaluation: EvaluationSettings, data: DataSettings, buckets: Buckets | None
+) -> EvaluationSettings:
+    """``evaluation`` with its aspect ratios as the data's template values (4/3 → 1.333), each checked to be
+    a template and one of the data's buckets."""
+    from infinity_lit.data.shards import bucket_name
+    from infinity_lit.quantizer.schedules import aspect_ratio_schedule, nearest_aspect_ratio
+
+    key = "evaluation.aspect_ratios"
+    if buckets is not None and not buckets:
+        where = f"the data set in {data.dir}" if data.dir is not None else "the OpenMoji data"
+        raise _fail(
+            path,
+            key,
+            f"{where} has no aspect-ratio buckets (give data.openmoji.aspect_ratios, or a data.dir built with "
+            "--aspect_ratios)",
+        )
+    ratios: list[float] = []
+    for ratio in evaluation.aspect_ratios or ():
+        try:
+            aspect_ratio_schedule(ratio, 1)
+        except ValueError as err:
+            raise _fail(path, key, str(err)) from None
+        template = nearest_aspect_ratio(ratio)
+        if template in ratios:
+            raise _fail(path, key, f"{ratio:g} is given twice (template {template:g})")
+        if buckets is not None and bucket_name(template) not in buckets:
+            raise _fail(
+                path, key, f"{ratio:g} is not a bucket of the data (its buckets: {', '.join(buckets)})"
+            )
+        ratios.append(template)
+    return replace(evaluation, aspect_ratios=tuple(ratios))
+
+
+def _openmoji_spec(data: DataSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"resolution": data.resolution, "limit": data.openmoji_limit}
+    if data.aspect_ratios is not None:
+        out.update(aspect_ratios=list(data.aspect_ratios), stride=data.stride)
+    return out
+
+
+def evaluation_settings(evaluation: EvaluationSettings) -> dict[str, Any]:
+    """The evaluation settings as plain data, for the spec as run, the evaluation stages' keys and the
+    fingerprints: every field, ``aspect_ratios`` (as a list) only when given, so that a study without it
+    keeps the keys it had before it existed."""
+    out = {k: getattr(evaluation, k) for k in EvaluationSettings.__dataclass_fields__}
+    if out["aspect_ratios"] is None:
+        del out["aspect_ratios"]
+    else:
+        out["aspect_ratios"] = list(out["aspect_ratios"])
+    return out
 
 
 def resolved_spec(study: Study) -> dict[str, Any]:
@@ -524,12 +779,12 @@ def resolved_spec(study: Study) -> dict[str, Any]:
         "seeds": list(study.seeds),
         "data": {"dir": study.data.dir, "resolution": study.data.resolution}
         if study.data.dir is not None
-        else {"openmoji": {"resolution": study.data.resolution, "limit": study.data.openmoji_limit}},
+        else {"openmoji": _openmoji_spec(study.data)},
         "stages": {
             name: {"recipe": str(stage.recipe.resolve()), "overrides": dict(stage.overrides)}
             for name, stage in study.stages.items()
         },
-        "evaluation": {k: getattr(study.evaluation, k) for k in EvaluationSettings.__dataclass_fields__},
+        "evaluation": evaluation_settings(study.evaluation),
         "slurm": copy.deepcopy(dict(study.slurm)),
         "arms": [
             {

@@ -269,9 +269,15 @@ def prepare_data(folder: Path, data: DataSettings) -> Path:
     from infinity_lit.data import build_openmoji_shards
 
     suffix = f"-{data.openmoji_limit}" if data.openmoji_limit is not None else ""
+    buckets: dict[str, Any] = {}
+    if data.aspect_ratios is not None:
+        from infinity_lit.data.shards import bucket_name
+
+        suffix += "-ar" + "_".join(bucket_name(r) for r in data.aspect_ratios) + f"-s{data.stride}"
+        buckets = {"aspect_ratios": list(data.aspect_ratios), "stride": data.stride}
     data_dir = folder / f"openmoji{data.resolution}{suffix}"
     log(f"data: OpenMoji shards in {data_dir}", "study")
-    build_openmoji_shards(data_dir, data.resolution, limit=data.openmoji_limit)
+    build_openmoji_shards(data_dir, data.resolution, limit=data.openmoji_limit, **buckets)
     return data_dir
 
 
@@ -318,3 +324,122 @@ def score(samples: Path, folder: Path, data_dir: Path, evaluation: EvaluationSet
         inception_weights=evaluation.inception_weights,
         clip_weights=evaluation.clip_weights,
     )
+
+
+def bucket_folder(bucket: str) -> str:
+    """The sub-folder of a sample or score stage that holds aspect-ratio bucket ``bucket``: ``ar<name>``
+    ("ar0.5", "ar1", "ar2")."""
+    return f"ar{bucket}"
+
+
+def bucket_prompts(data_dir: Path, split: str, bucket: str, folder: Path) -> Path:
+    """The captions of one bucket's ``split`` of ``data_dir``, in shard order, as a JSON prompts file
+    ``folder/<split>-ar<bucket>.json`` (rewritten only when its content would change, so that stages sampling
+    side by side read one file).
+
+    Raises:
+        ValueError: the data set has no such bucket (the message lists its buckets).
+        FileNotFoundError: the bucket has no ``split`` samples.
+    """
+    from infinity_lit.data.shards import iter_samples
+
+    captions = [caption for _, _, caption in iter_samples(data_dir, split, bucket=bucket)]
+    text = json.dumps(captions, ensure_ascii=False, indent=0) + "\n"
+    path = folder / f"{split}-{bucket_folder(bucket)}.json"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_text(path, text)
+    return path
+
+
+def sample_buckets(
+    checkpoint: Path, folder: Path, data_dir: Path, evaluation: EvaluationSettings, prompts_dir: Path
+) -> dict[str, Any]:
+    """One sample per held-out caption of each of ``evaluation.aspect_ratios``' buckets, at that bucket's
+    aspect ratio (``eval sample --aspect_ratio R``), into ``folder/ar<bucket>/`` (``bucket_folder``); at
+    most ``evaluation.num_images`` per bucket. The captions are read through ``bucket_prompts`` (files in
+    ``prompts_dir``).
+
+    Returns:
+        {"written", "skipped", "total"}: summed over the buckets, and "per_aspect_ratio": bucket name → that
+        bucket's ``sample_checkpoint`` result.
+
+    Raises:
+        ValueError: an aspect ratio the generator was not trained on, or that the data has no bucket of.
+    """
+    from infinity_lit.data.shards import bucket_name
+    from infinity_lit.evaluation.sampling import sample_checkpoint
+
+    per: dict[str, dict[str, int]] = {}
+    for ratio in evaluation.aspect_ratios or ():
+        name = bucket_name(ratio)
+        per[name] = sample_checkpoint(
+            checkpoint=checkpoint,
+            out=folder / bucket_folder(name),
+            prompts=bucket_prompts(data_dir, evaluation.split, name, prompts_dir),
+            num_images=evaluation.num_images,
+            seed=evaluation.seed,
+            cfg=evaluation.cfg,
+            tau=evaluation.tau,
+            top_p=evaluation.top_p,
+            aspect_ratio=ratio,
+        )
+    totals = {k: sum(r[k] for r in per.values()) for k in ("written", "skipped", "total")}
+    return {**totals, "per_aspect_ratio": per}
+
+
+def score_buckets(samples: Path, folder: Path, data_dir: Path, evaluation: EvaluationSettings) -> dict:
+    """FID / KID / CLIP score of the bucket sample folders of ``sample_buckets``: each against its bucket's
+    held-out images (at most ``evaluation.num_images``; ``folder/ar<bucket>/metrics.json``), and all of them
+    pooled against the whole held-out split (``folder/metrics.json``: ``eval score --generated A --generated
+    B … --reference DATA``).
+
+    Returns:
+        the pooled record, its ``metrics`` with ``per_aspect_ratio``: bucket name → that bucket's metrics,
+        and ``buckets``: which buckets each number covers, ``{"pooled": {"sample_buckets": [...],
+        "reference_buckets": [every bucket of the split]}, "<bucket>": {"sample_buckets": [bucket],
+        "reference_buckets": [bucket]}, ...}``.
+
+    Raises:
+        ValueError: as ``evaluation.scoring.score_generated`` (a set of fewer than 2 images, ...).
+    """
+    from infinity_lit.data.shards import bucket_name, read_manifest
+    from infinity_lit.evaluation.scoring import score_folder
+
+    names = [bucket_name(r) for r in evaluation.aspect_ratios or ()]
+    common = dict(
+        split=evaluation.split,
+        inception_weights=evaluation.inception_weights,
+        clip_weights=evaluation.clip_weights,
+    )
+    per = {
+        name: score_folder(
+            generated=samples / bucket_folder(name),
+            reference=data_dir,
+            out=folder / bucket_folder(name) / "metrics.json",
+            max_reference=evaluation.num_images,
+            bucket=name,
+            **common,
+        )
+        for name in names
+    }
+    pooled = score_folder(
+        generated=[samples / bucket_folder(name) for name in names],
+        reference=data_dir,
+        out=folder / "metrics.json",
+        max_reference=None,
+        **common,
+    )
+    manifest = read_manifest(data_dir)
+    split_buckets = [
+        name
+        for name, bucket in (manifest.get("buckets") or {}).items()
+        if int(bucket.get("counts", {}).get(evaluation.split, 0)) > 0
+    ]
+    covered = {"pooled": {"sample_buckets": names, "reference_buckets": split_buckets}}
+    covered.update({name: {"sample_buckets": [name], "reference_buckets": [name]} for name in names})
+    metrics = {
+        **pooled["metrics"],
+        "per_aspect_ratio": {name: record["metrics"] for name, record in per.items()},
+    }
+    return {**pooled, "metrics": metrics, "buckets": covered}
