@@ -55,9 +55,10 @@ def default_training_precision(accelerator: str = "auto") -> str:
     (``bf16_is_fast``) on the device ``accelerator`` trains on, ``"32-true"`` elsewhere.
 
     ``accelerator`` is Lightning's ``trainer.accelerator``: ``"auto"`` (and ``"gpu"`` / ``"cuda"``) stand for
-    a CUDA device when one is available, else the CPU; anything else for the CPU. Measured on a 2-core CPU
-    without AMX, a bf16-mixed training step of the OpenMoji 64² tokenizer took about 4× as long as in fp32
-    (``benchmarks/README.md``), so there the default is fp32. Name ``trainer.precision`` in a config to pin
+    a CUDA device when one is available, else the CPU; anything else for the CPU. Measured on an idle 2-core
+    CPU without AMX, a bf16-mixed training step of the OpenMoji 64² tokenizer took 1.3× as long as in fp32
+    (0.53 against 0.40 s; 4× once while another job shared the cores; ``benchmarks/README.md``), so there
+    the default is fp32. Name ``trainer.precision`` in a config to pin
     the arithmetic on every machine.
     """
     cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
