@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The default suite on every core (pytest-xdist; one test file per worker at a time, so a file's fixtures are
+# built once); `-n 0` runs it in one process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto --dist loadfile
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 quickstart: $(STAMP)
 	$(BIN)/infinity-lit quickstart

@@ -3,6 +3,7 @@ generator checkpoints every test that needs one reads (written through ``infinit
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# ---------------------------------------------------------------- threads
+
+# Under pytest-xdist (``make test`` runs ``-n auto``) each worker takes its share of the cores, for torch in
+# this process and for the processes a test starts, so the workers do not oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _THREADS = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
 
 # ---------------------------------------------------------------- data
 
