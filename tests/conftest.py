@@ -193,7 +193,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """After the summary: end the child processes a test left alive, name the non-daemon threads still
     running, and arm a watchdog. Should the interpreter still be running ``EXIT_GRACE_S`` seconds later (a
     thread or an exit handler that never returns), it prints every thread's stack and exits with the tests'
-    own status, so a hang at exit is reported with its cause instead of stalling the run."""
+    own status, so a hang at exit is reported with its cause instead of stalling the run. Under pytest-xdist
+    only the controller arms the watchdog."""
     import faulthandler
     import multiprocessing
     import os
@@ -214,6 +215,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon and thread.is_alive():
             print(f"conftest: non-daemon thread still running at exit: {thread!r}", file=sys.stderr)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # An xdist worker lives on until the controller closes it, which may be long after its own last
+        # test; the controller's watchdog covers the exit.
+        return
     status = config.stash.get(_EXIT_STATUS, 1)
 
     def _exit_now() -> None:
