@@ -100,6 +100,23 @@ TINY_TRANSFORMER = {"depth": 1, "width": 32, "num_heads": 2}
 MINILM_DIM = 384
 
 
+def stand_in_features(_model, batch, _batch_size=50) -> torch.Tensor:
+    """Stand-in for Inception features: per-image channel means and standard deviations (N, 6), float64."""
+    x = batch.double()
+    return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+@pytest.fixture
+def stand_in_inception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``evaluation.scoring`` with ``stand_in_features`` instead of Inception (no weights are read); returns a
+    weights file to name as ``inception_weights`` (its bytes are only hashed into fingerprints)."""
+    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
+    monkeypatch.setattr("infinity_lit.evaluation.scoring.inception_features", stand_in_features)
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"stand-in")
+    return weights
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_config():
     """The ``TokenizerConfig`` of ``tiny_tokenizer_ckpt``."""

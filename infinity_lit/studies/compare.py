@@ -817,18 +817,7 @@ def per_scale_figure(comp: Comparison):
                 continue
             # A small sideways offset per arm keeps overlapping error bars apart.
             offset = (comp.arms.index(arm) - (len(comp.arms) - 1) / 2) * 0.04
-            ks = [k + offset for k, _ in pts]
-            ax.plot(ks, [s.mean for _, s in pts], marker="o", color=colors[arm], label=arm)
-            with_ci = [(k, s) for k, (_, s) in zip(ks, pts) if s.ci is not None]
-            if with_ci:  # a one-seed point gets no bar rather than a zero-width one
-                ax.errorbar(
-                    [k for k, _ in with_ci],
-                    [s.mean for _, s in with_ci],
-                    yerr=[[s.mean - s.ci[0] for _, s in with_ci], [s.ci[1] - s.mean for _, s in with_ci]],
-                    fmt="none",
-                    capsize=3,
-                    ecolor=colors[arm],
-                )
+            _line_with_ci(ax, [(k + offset, s) for k, s in pts], colors[arm], arm)
         ax.set_title(
             "PSNR after the first k scales" if name == "psnr" else "bit accuracy per scale", fontsize=9
         )
@@ -840,6 +829,22 @@ def per_scale_figure(comp: Comparison):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _line_with_ci(ax, points: list[tuple[float, Any]], color: Any, label: str) -> None:
+    """One arm's means at ``points`` ((x, summary) pairs, each with a mean) as a line on ``ax``, with 95 % CI
+    error bars where a summary has an interval (a one-seed point gets no bar rather than a zero-width one)."""
+    ax.plot([x for x, _ in points], [s.mean for _, s in points], marker="o", color=color, label=label)
+    with_ci = [(x, s) for x, s in points if s.ci is not None]
+    if with_ci:
+        ax.errorbar(
+            [x for x, _ in with_ci],
+            [s.mean for _, s in with_ci],
+            yerr=[[s.mean - s.ci[0] for _, s in with_ci], [s.ci[1] - s.mean for _, s in with_ci]],
+            fmt="none",
+            capsize=3,
+            ecolor=color,
+        )
 
 
 def aspect_ratio_groups(comp: Comparison) -> dict[str, list[str]]:
@@ -872,19 +877,7 @@ def aspect_ratio_figure(comp: Comparison):
             points = [(x, s) for x, s in points if s.mean is not None]
             if not points:
                 continue
-            ax.plot(
-                [x for x, _ in points], [s.mean for _, s in points], marker="o", color=colors[arm], label=arm
-            )
-            with_ci = [(x, s) for x, s in points if s.ci is not None]
-            if with_ci:  # a one-seed point gets no bar rather than a zero-width one
-                ax.errorbar(
-                    [x for x, _ in with_ci],
-                    [s.mean for _, s in with_ci],
-                    yerr=[[s.mean - s.ci[0] for _, s in with_ci], [s.ci[1] - s.mean for _, s in with_ci]],
-                    fmt="none",
-                    capsize=3,
-                    ecolor=colors[arm],
-                )
+            _line_with_ci(ax, points, colors[arm], arm)
         info = metric_info(base)
         arrow = {True: " ↑ better", False: " ↓ better", None: ""}[info.higher_is_better]
         ax.set_xticks(range(len(keys)), labels, fontsize=7)

@@ -10,17 +10,12 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import stand_in_features
 from PIL import Image
 
 from infinity_lit.data.shards import read_manifest
 from infinity_lit.evaluation.scoring import score_generated
 from infinity_lit.metrics.fid import fid_from_features
-
-
-def _features(_model, batch, _batch_size=50):
-    # Stand-in for Inception: per-image channel means and standard deviations (N, 6), float64.
-    x = batch.double()
-    return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
 
 
 def _split_images(data, split: str, bucket: str | None) -> list[np.ndarray]:
@@ -43,10 +38,9 @@ def _stack(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
-def test_fid_against_one_bucket_and_pooled(bucketed_shards, tmp_path, monkeypatch) -> None:
+@pytest.mark.usefixtures("stand_in_inception")
+def test_fid_against_one_bucket_and_pooled(bucketed_shards, tmp_path) -> None:
     data, _ = bucketed_shards
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.inception_features", _features)
     generated = tmp_path / "tall"
     generated.mkdir()
     tall_train = _split_images(data, "train", "2")
@@ -65,7 +59,9 @@ def test_fid_against_one_bucket_and_pooled(bucketed_shards, tmp_path, monkeypatc
         == read_manifest(data)["buckets"]["2"]["counts"]["val"]
     )
     assert bucket["reference"]["bucket"] == "2" and bucket["sampling"]["aspect_ratio"] == 2.0
-    expected = fid_from_features(_features(None, _stack(tall_train)), _features(None, _stack(reference)))
+    expected = fid_from_features(
+        stand_in_features(None, _stack(tall_train)), stand_in_features(None, _stack(reference))
+    )
     assert bucket["metrics"]["fid"] == pytest.approx(expected, rel=1e-9)
     # Pooled: the whole validation split, of every shape; the record says so (no bucket).
     pooled = score_generated(generated, data, **kw)
@@ -94,10 +90,11 @@ def _sample_folder(
     return images
 
 
-def test_pooled_fid_over_folders_of_several_shapes(bucketed_shards, tmp_path, monkeypatch) -> None:
+def test_pooled_fid_over_folders_of_several_shapes(bucketed_shards, tmp_path, stand_in_inception) -> None:
     """Two sample folders (h/w 2 and 0.5) scored together equal the FID / KID of their concatenated features
     against the whole held-out split, by a list of folders, a parent folder and the command line; the record
     names the buckets pooled and the resizing rule."""
+    weights = stand_in_inception
     from infinity_lit.cli import eval as eval_cli
     from infinity_lit.evaluation.images import open_image_set
     from infinity_lit.evaluation.scoring import POOLED_RESIZE, score_folder
@@ -105,10 +102,6 @@ def test_pooled_fid_over_folders_of_several_shapes(bucketed_shards, tmp_path, mo
     from infinity_lit.metrics.inception import INCEPTION_RESIZE
 
     data, _ = bucketed_shards
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.inception_features", _features)
-    weights = tmp_path / "inception.pth"
-    weights.write_bytes(b"stand-in")
     parent = tmp_path / "samples"
     parent.mkdir()
     tall = _sample_folder(parent / "ar2", 7, (32, 16), 2.0, seed=0)
@@ -116,8 +109,8 @@ def test_pooled_fid_over_folders_of_several_shapes(bucketed_shards, tmp_path, mo
     kw = dict(use_feature_cache=False, kid_subsets=3, inception_weights=weights)
 
     pooled = score_generated([parent / "ar2", parent / "ar0.5"], data, **kw)
-    reference = torch.cat([_features(None, b) for b in open_image_set(data, split="val").batches(50)])
-    features = torch.cat([_features(None, tall), _features(None, wide)])  # folder order
+    reference = torch.cat([stand_in_features(None, b) for b in open_image_set(data, split="val").batches(50)])
+    features = torch.cat([stand_in_features(None, tall), stand_in_features(None, wide)])  # folder order
     assert len(features) == 12 and pooled["num_images"] == 12
     assert pooled["num_reference_images"] == len(reference) == read_manifest(data)["counts"]["val"]
     assert pooled["metrics"]["fid"] == pytest.approx(fid_from_features(features, reference), rel=1e-9)
@@ -145,7 +138,7 @@ def test_pooled_fid_over_folders_of_several_shapes(bucketed_shards, tmp_path, mo
 
     # A parent folder of sample folders pools them in name order ("ar0.5" before "ar2").
     by_parent = score_generated(parent, data, **kw)
-    swapped = torch.cat([_features(None, wide), _features(None, tall)])
+    swapped = torch.cat([stand_in_features(None, wide), stand_in_features(None, tall)])
     assert by_parent["generated"] == [str(parent / "ar0.5"), str(parent / "ar2")]
     assert by_parent["metrics"]["fid"] == pytest.approx(fid_from_features(swapped, reference), rel=1e-9)
     kid_mean, _, _ = kid_from_features(swapped, reference, subsets=3, seed=2020)

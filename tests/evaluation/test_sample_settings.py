@@ -105,17 +105,10 @@ def test_an_aspect_ratio_that_is_no_template_is_refused_naming_the_nearest(tmp_p
 # ------------------------------------------------------------------------------------------------ pooling
 
 
-def _features(_model, batch, _batch_size=50):
-    # Stand-in for Inception: per-image channel means and standard deviations (N, 6), float64.
-    x = batch.double()
-    return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
-
-
-def test_pooling_refuses_folders_sampled_with_different_settings(tmp_path, tiny_generator_ckpt, monkeypatch):
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.inception_features", _features)
-    weights = tmp_path / "inception.pth"
-    weights.write_bytes(b"stand-in")
+def test_pooling_refuses_folders_sampled_with_different_settings(
+    tmp_path, tiny_generator_ckpt, stand_in_inception
+):
+    weights = stand_in_inception
     reference = tmp_path / "reference"
     reference.mkdir()
     g = torch.Generator().manual_seed(0)
