@@ -152,6 +152,108 @@ def aspect_ratio_schedule(aspect_ratio: float, num_scales: int) -> ScaleSchedule
     return template_schedule(nearest, num_scales)
 
 
+def shape_schedules(
+    schedule: Sequence[Sequence[int]], extra: Sequence[Sequence[Sequence[int]]] = ()
+) -> list[ScaleSchedule]:
+    """Check the per-shape schedules ``extra`` of a tokenizer whose own (square) schedule is ``schedule``.
+
+    A per-shape schedule replaces the method's template for the images whose latent grid is its last scale
+    (``schedule_for_grid``), and for sampling at the template aspect ratio nearest to that grid's h/w
+    (``schedule_for_ratio``). Rules: each a valid schedule (``validate_schedule``) with as many scales as
+    ``schedule`` and the same first scale (the generator's per-scale weights and its start token need that);
+    at most one per template aspect ratio, the own schedule being the square one (1.0).
+
+    Example: own [(1,1), (2,2), (4,4), (6,6), (8,8)] and extra [[(1,1), (1,2), (2,4), (3,6), (5,10)]] (a
+    denser start than the h/w 0.5 template [(1,1), (2,2), (2,4), (3,6), (5,10)]).
+
+    Returns:
+        ``extra`` as lists of int pairs, in the given order.
+
+    Raises:
+        ValueError: naming the offending schedule (its index and last grid) and the rule it breaks.
+    """
+    own = validate_schedule(schedule)
+    out: list[ScaleSchedule] = []
+    taken: dict[float, tuple[int, int]] = {1.0: own[-1]}
+    for i, candidate in enumerate(extra):
+        try:
+            checked = validate_schedule(candidate)
+        except ValueError as err:
+            raise ValueError(f"aspect_ratio_schedules[{i}]: {err}") from None
+        h, w = checked[-1]
+        if len(checked) != len(own) or checked[0] != own[0]:
+            raise ValueError(
+                f"aspect_ratio_schedules[{i}] (ending at {h}×{w}) has {len(checked)} scales starting at "
+                f"{checked[0]}; it needs {len(own)} scales starting at {own[0]}, as the tokenizer's scale_schedule"
+            )
+        ratio = nearest_aspect_ratio(h / w)
+        if ratio in taken:
+            th, tw = taken[ratio]
+            which = (
+                "the tokenizer's own scale_schedule" if ratio == 1.0 else f"the schedule ending at {th}×{tw}"
+            )
+            raise ValueError(
+                f"aspect_ratio_schedules[{i}] ends at {h}×{w}, whose nearest template aspect ratio h/w {ratio:g} "
+                f"already has {which}; give at most one schedule per aspect ratio (the square one is "
+                "scale_schedule)"
+            )
+        taken[ratio] = (h, w)
+        out.append(checked)
+    return out
+
+
+def schedule_for_grid(
+    latent_hw: tuple[int, int],
+    schedule: Sequence[Sequence[int]],
+    extra: Sequence[Sequence[Sequence[int]]] = (),
+) -> ScaleSchedule | None:
+    """The scale schedule a tokenizer quantises a latent grid with: its own ``schedule`` if it ends at
+    ``latent_hw``; else the per-shape schedule of ``extra`` that ends there (``shape_schedules``); else the
+    method's template of that aspect ratio with as many scales (``template_schedule``) if it ends there.
+
+    Example: own [(1,1), (2,2), (4,4), (6,6), (8,8)], no extra: (5, 10) → [(1,1), (2,2), (2,4), (3,6), (5,10)]
+    (a 40×80 image at stride 8); (4, 8) → None (the 0.5 template's 5th grid is 5×10).
+
+    Returns:
+        the schedule (a list of int pairs), or None when none ends at ``latent_hw``.
+    """
+    latent = (int(latent_hw[0]), int(latent_hw[1]))
+    own = [(int(h), int(w)) for h, w in schedule]
+    if own[-1] == latent:
+        return own
+    for candidate in extra:
+        pairs = [(int(h), int(w)) for h, w in candidate]
+        if pairs[-1] == latent:
+            return pairs
+    template = template_schedule(latent[0] / latent[1], len(own))
+    return template if template[-1] == latent else None
+
+
+def schedule_for_ratio(
+    aspect_ratio: float,
+    schedule: Sequence[Sequence[int]],
+    extra: Sequence[Sequence[Sequence[int]]] = (),
+) -> ScaleSchedule:
+    """The scale schedule a tokenizer samples at the template aspect ratio h/w ``aspect_ratio`` with: its own
+    ``schedule`` for 1; the per-shape schedule of ``extra`` whose last grid is nearest to that template;
+    else the method's template with as many scales (``aspect_ratio_schedule``).
+
+    Raises:
+        ValueError: an aspect ratio that is no template (as ``aspect_ratio_schedule``: the message names the
+            nearest and lists them all).
+    """
+    own = [(int(h), int(w)) for h, w in schedule]
+    template = aspect_ratio_schedule(aspect_ratio, len(own))
+    ratio = nearest_aspect_ratio(aspect_ratio)
+    if ratio == 1.0:
+        return own
+    for candidate in extra:
+        pairs = [(int(h), int(w)) for h, w in candidate]
+        if nearest_aspect_ratio(pairs[-1][0] / pairs[-1][1]) == ratio:
+            return pairs
+    return template
+
+
 def schedule_for_latent(latent_hw: tuple[int, int], num_scales: int | None = None) -> ScaleSchedule:
     """Schedule ending exactly at a (possibly non-square) latent grid, following the reference sides.
 

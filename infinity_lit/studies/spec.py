@@ -573,15 +573,33 @@ def load_study(path: str | Path) -> Study:
 Buckets = dict[str, tuple[float, tuple[int, int]]]
 
 
-def tokenizer_geometry(config: Mapping[str, Any]) -> tuple[int, list[tuple[int, int]]] | None:
-    """(stride, scale schedule) of the tokenizer a stacked tokenizer-stage config builds (the config's
-    ``model.tokenizer``, its fields' defaults where it names none); None when that mapping does not make a
-    ``TokenizerConfig`` (``check_deltas`` reports such a config)."""
-    node = (config.get("model") or {}).get("tokenizer") if isinstance(config.get("model"), Mapping) else None
+def _tokenizer_node(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``model.tokenizer`` mapping of a stacked tokenizer-stage config (its ``init_args`` when it names a
+    class; empty when it names none); None when it is not a mapping."""
+    model = config.get("model")
+    node = model.get("tokenizer") if isinstance(model, Mapping) else None
     node = {} if node is None else node
     if isinstance(node, Mapping) and "init_args" in node:
         node = node.get("init_args") or {}
-    if not isinstance(node, Mapping):
+    return node if isinstance(node, Mapping) else None
+
+
+@dataclass(frozen=True)
+class TokenizerGeometry:
+    """What decides a tokenizer's schedule for an image size: ``stride``, its own ``scale_schedule`` and its
+    per-shape ``aspect_ratio_schedules`` (``TokenizerConfig``)."""
+
+    stride: int
+    scale_schedule: list[tuple[int, int]]
+    aspect_ratio_schedules: list[list[tuple[int, int]]]
+
+
+def tokenizer_geometry(config: Mapping[str, Any]) -> TokenizerGeometry | None:
+    """The ``TokenizerGeometry`` of the tokenizer a stacked tokenizer-stage config builds (the config's
+    ``model.tokenizer``, its fields' defaults where it names none); None when that mapping does not make a
+    ``TokenizerConfig`` (``check_deltas`` reports such a config)."""
+    node = _tokenizer_node(config)
+    if node is None:
         return None
     from infinity_lit.tokenizer.model import TokenizerConfig
 
@@ -589,29 +607,30 @@ def tokenizer_geometry(config: Mapping[str, Any]) -> tuple[int, list[tuple[int, 
         tokenizer = TokenizerConfig.from_dict(node)
     except (TypeError, ValueError):
         return None
-    return tokenizer.stride, [tuple(hw) for hw in tokenizer.scale_schedule]
+    return TokenizerGeometry(
+        tokenizer.stride,
+        [tuple(hw) for hw in tokenizer.scale_schedule],
+        [[tuple(hw) for hw in s] for s in tokenizer.aspect_ratio_schedules],
+    )
 
 
-def bucket_schedule(
-    stride: int, schedule: Sequence[Sequence[int]], size: tuple[int, int]
-) -> list[tuple[int, int]] | None:
-    """The scale schedule a tokenizer of ``stride`` and ``schedule`` uses for images of ``size`` (height,
-    width) pixels, as ``BitwiseTokenizer.schedule_for`` picks it: its own for its own size, else the method's
-    template of that aspect ratio with as many scales if it ends at the latent grid; None when neither fits.
+def bucket_schedule(geometry: TokenizerGeometry, size: tuple[int, int]) -> list[tuple[int, int]] | None:
+    """The scale schedule a tokenizer of ``geometry`` uses for images of ``size`` (height, width) pixels, as
+    ``BitwiseTokenizer.schedule_for`` picks it (``quantizer.schedule_for_grid``): its own for its own size,
+    else its configured schedule of that shape, else the method's template of that aspect ratio with as many
+    scales if it ends at the latent grid; None when none fits.
 
     Example: stride 8 and [1, 2, 4, 6, 8] (5 scales) give [(1,1), (2,2), (2,4), (3,6), (5,10)] for 40×80 px
     images and None for 24×48 px ones (the 0.5 template ends at 3×6 with 4 scales, not 5)."""
-    from infinity_lit.quantizer.schedules import template_schedule
+    from infinity_lit.quantizer.schedules import schedule_for_grid
 
     height, width = size
+    stride = geometry.stride
     if height % stride or width % stride:
         return None
-    latent = (height // stride, width // stride)
-    own = [tuple(int(v) for v in hw) for hw in schedule]
-    if own[-1] == latent:
-        return own
-    template = template_schedule(height / width, len(own))
-    return template if template[-1] == latent else None
+    return schedule_for_grid(
+        (height // stride, width // stride), geometry.scale_schedule, geometry.aspect_ratio_schedules
+    )
 
 
 def data_buckets(data: DataSettings) -> Buckets | None:
@@ -664,7 +683,7 @@ def _bucketed_openmoji(
             raise _fail(
                 path, "data.openmoji.stride", "missing, and the tokenizer recipe does not say its stride"
             )
-        stride = geometry[0]
+        stride = geometry.stride
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
         raise _fail(path, "data.openmoji.stride", f"must be a positive integer, got {stride!r}")
     from infinity_lit.data.shards import template_buckets
@@ -686,9 +705,9 @@ def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
         geometry = tokenizer_geometry(stacked_config(study, arm, "tokenizer"))
         if geometry is None:
             continue
-        stride, schedule = geometry
+        stride, schedule = geometry.stride, geometry.scale_schedule
         for name, (ratio, (height, width)) in buckets.items():
-            if bucket_schedule(stride, schedule, (height, width)) is not None:
+            if bucket_schedule(geometry, (height, width)) is not None:
                 continue
             where = f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
             latent = f"{height / stride:g}×{width / stride:g}"
@@ -710,7 +729,7 @@ def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
                 f"the tokenizer's scale_schedule {[list(hw) for hw in schedule]} ({len(schedule)} scales, stride "
                 f"{stride}) has no schedule for the data's bucket {name} ({height}×{width} px, latent {latent}): "
                 f"{needs}; a non-square bucket is trained on the template with as many scales as the tokenizer's "
-                "own schedule",
+                f"own schedule, or on a schedule of model.tokenizer.aspect_ratio_schedules ending at {latent}",
             )
 
 
@@ -941,6 +960,24 @@ def _delta_error(study: Study, arm: Arm, stage: str, text: str) -> StudyError:
     return _fail(study.path, where, f"does not parse: {key}: {reason}")
 
 
+def _check_tokenizer_values(study: Study, arm: Arm) -> None:
+    """The rules ``TokenizerConfig`` checks when it is built (a schedule that does not grow, per-shape
+    schedules of another scale count, …), which parsing alone does not run: a one-line ``StudyError``."""
+    from dataclasses import fields as dataclass_fields
+
+    from infinity_lit.tokenizer.model import TokenizerConfig
+
+    node = _tokenizer_node(stacked_config(study, arm, "tokenizer"))
+    if node is None:
+        return
+    names = {f.name for f in dataclass_fields(TokenizerConfig)}
+    try:
+        TokenizerConfig(**{k: v for k, v in node.items() if k in names})
+    except (TypeError, ValueError) as err:
+        where = f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
+        raise _fail(study.path, f"{where}: model.tokenizer", str(err)) from None
+
+
 def check_deltas(study: Study) -> None:
     """Check that every arm's stacked config parses against its stage's LightningCLI (no training).
 
@@ -978,3 +1015,5 @@ def check_deltas(study: Study) -> None:
                 except SystemExit as exit_:
                     if exit_.code not in (0, None):
                         raise _delta_error(study, arm, stage, err.getvalue()) from None
+                if stage == "tokenizer":
+                    _check_tokenizer_values(study, arm)

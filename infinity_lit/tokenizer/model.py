@@ -27,7 +27,9 @@ from infinity_lit.quantizer import (
     MultiScaleBSQ,
     MultiScaleOutput,
     ScaleSchedule,
-    aspect_ratio_schedule,
+    schedule_for_grid,
+    schedule_for_ratio,
+    shape_schedules,
     template_schedule,
     validate_schedule,
 )
@@ -52,6 +54,11 @@ class TokenizerConfig:
         default_factory=lambda: [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]
     )
     """Latent grid sizes (h, w) visited by the multi-scale quantizer; the last is the latent grid."""
+    aspect_ratio_schedules: list[list[tuple[int, int]]] = field(default_factory=list)
+    """Scale schedules for non-square images, replacing the method's template of their aspect ratio: each
+    ends at the latent grid (H/s, W/s) of its images and has as many scales as ``scale_schedule``, starting at
+    the same first scale; at most one per template aspect ratio (``quantizer.shape_schedules``). Empty: every
+    non-square shape uses the method's template (``quantizer.template_schedule``)."""
     base_channels: int = 64
     """Width of the first encoder level (and the last decoder level)."""
     channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2, 4])
@@ -77,6 +84,7 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         self.scale_schedule = validate_schedule(self.scale_schedule)
+        self.aspect_ratio_schedules = shape_schedules(self.scale_schedule, self.aspect_ratio_schedules)
         self.channel_multipliers = [int(m) for m in self.channel_multipliers]
         if len(self.channel_multipliers) == 0:
             raise ValueError("channel_multipliers must not be empty; e.g. [1, 2, 2, 4] for stride 8")
@@ -99,6 +107,7 @@ class TokenizerConfig:
         """Plain-type dict (lists, no tuples) for checkpoints and YAML."""
         out = asdict(self)
         out["scale_schedule"] = [list(hw) for hw in self.scale_schedule]
+        out["aspect_ratio_schedules"] = [[list(hw) for hw in s] for s in self.aspect_ratio_schedules]
         return out
 
     @classmethod
@@ -205,11 +214,18 @@ class BitwiseTokenizer(nn.Module):
             )
         return schedule
 
+    @property
+    def aspect_ratio_schedules(self) -> list[ScaleSchedule]:
+        """The configured schedules of non-square shapes (``TokenizerConfig.aspect_ratio_schedules``)."""
+        return self.config.aspect_ratio_schedules
+
     def schedule_for(self, height: int, width: int) -> ScaleSchedule:
         """The scale schedule for images of (height, width) pixels: the tokenizer's own for its image size;
-        for another shape, the method's dynamic-resolution template of that aspect ratio with as many scales
-        (``quantizer.template_schedule``), if it ends at the latent grid (H/s, W/s). Images built by ``data
-        folder --aspect_ratios`` at this tokenizer's resolution and stride have such sizes.
+        for another shape, the configured schedule ending at the latent grid (H/s, W/s)
+        (``aspect_ratio_schedules``), else the method's dynamic-resolution template of that aspect ratio with
+        as many scales (``quantizer.template_schedule``) if it ends there (``quantizer.schedule_for_grid``).
+        Images built by ``data folder --aspect_ratios`` at this tokenizer's resolution and stride have the
+        templates' sizes.
 
         Raises:
             ValueError: no such schedule; the message gives the sizes that have one.
@@ -217,20 +233,21 @@ class BitwiseTokenizer(nn.Module):
         s = self.stride
         latent = (height // s, width // s)
         own = self.scale_schedule
-        if latent == own[-1] and height % s == 0 and width % s == 0:
-            return own
-        template = template_schedule(height / width, len(own))
-        if template[-1] == latent and height % s == 0 and width % s == 0:
-            return template
+        if height % s == 0 and width % s == 0:
+            found = schedule_for_grid(latent, own, self.aspect_ratio_schedules)
+            if found is not None:
+                return found
         h, w = own[-1]
-        th, tw = template[-1]
+        th, tw = template_schedule(height / width, len(own))[-1]
+        grids = [(h, w), *(g[-1] for g in self.aspect_ratio_schedules), (th, tw)]
+        sizes = " or ".join(dict.fromkeys(f"{gh * s}×{gw * s}" for gh, gw in grids))
         if (th, tw) == (h, w):  # a square image of another size: its template is the tokenizer's own size
-            fits = f"the scale schedule ends at {h}×{w}; use images of {h * s}×{w * s}"
+            fits = f"the scale schedule ends at {h}×{w}; use images of {sizes}"
         else:
             fits = (
                 f"the scale schedule ends at {h}×{w} and the method's template for h/w ≈ {height / width:.3g} "
-                f"with {len(own)} scales at {th}×{tw}; use images of {h * s}×{w * s} or {th * s}×{tw * s} "
-                f"(`infinity-lit data folder --aspect_ratios … --stride {s}` builds such sizes)"
+                f"with {len(own)} scales at {th}×{tw}; use images of {sizes} "
+                f"(`infinity-lit data folder --aspect_ratios … --stride {s}` builds the templates' sizes)"
             )
         raise ValueError(
             f"image size {height}×{width} gives a latent grid {latent[0]}×{latent[1]} at stride {s}, but {fits}, "
@@ -239,15 +256,14 @@ class BitwiseTokenizer(nn.Module):
 
     def schedule_for_aspect_ratio(self, aspect_ratio: float) -> ScaleSchedule:
         """The scale schedule for images of template aspect ratio h/w: the tokenizer's own for 1 (its square
-        images), otherwise the method's template with as many scales (``quantizer.aspect_ratio_schedule``);
-        images of it are (last grid × stride) pixels.
+        images), the configured one of that aspect ratio (``aspect_ratio_schedules``), otherwise the method's
+        template with as many scales (``quantizer.schedule_for_ratio``); images of it are (last grid × stride)
+        pixels.
 
         Raises:
             ValueError: an aspect ratio that is no template (the message lists them).
         """
-        schedule = aspect_ratio_schedule(aspect_ratio, len(self.scale_schedule))
-        h, w = schedule[-1]
-        return self.scale_schedule if h == w else schedule
+        return schedule_for_ratio(aspect_ratio, self.scale_schedule, self.aspect_ratio_schedules)
 
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or images.shape[1] != 3:

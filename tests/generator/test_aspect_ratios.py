@@ -19,6 +19,9 @@ from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
 REPO = Path(__file__).resolve().parents[2]
 #: The method's 3-scale templates at a 4×4 square latent (stride 8, 32 px): h/w 0.5, 1 and 2.
 WIDE, SQUARE, TALL = [(1, 1), (2, 2), (2, 4)], [(1, 1), (2, 2), (4, 4)], [(1, 1), (2, 2), (4, 2)]
+#: The schedule the fixture's tokenizer is configured with for h/w 0.5 instead of the template
+#: (``TokenizerConfig.aspect_ratio_schedules``): 1, 2 and 8 tokens per scale instead of 1, 4 and 8.
+WIDE_CONFIGURED = [(1, 1), (1, 2), (2, 4)]
 
 
 def test_the_tokenizer_picks_the_template_of_each_shape() -> None:
@@ -44,7 +47,8 @@ def test_the_tokenizer_picks_the_template_of_each_shape() -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, bucketed_shards) -> dict[str, Path]:
-    """A tiny tokenizer, then a tiny generator on it, each fit for a few steps on the bucketed shards."""
+    """A tiny tokenizer, then a tiny generator on it, each fit for a few steps on the bucketed shards; the
+    tokenizer has its own schedule for h/w 0.5 (``WIDE_CONFIGURED``) and the method's template for h/w 2."""
 
     data, _ = bucketed_shards
     root = tmp_path_factory.mktemp("ar_runs")
@@ -74,6 +78,7 @@ def _fit_both(root: Path, common: list[str]) -> dict[str, Path]:
     tokenizer_run = train.tokenizer(
         ["fit", "-c", str(REPO / "experiments/tokenizer/openmoji64.yaml"), "--run_name=tok",
          *common, *TINY_TOKENIZER_ARGS, TINY_SCHEDULE_ARG, "--trainer.max_steps=4",
+         "--model.tokenizer.aspect_ratio_schedules=[[[1, 1], [1, 2], [2, 4]]]",
          "--trainer.val_check_interval=4", "--model.num_log_images=0"]
     )  # fmt: skip
     tokenizer = runs.last_checkpoint(root / "runs" / "tokenizer" / "tok")
@@ -101,23 +106,28 @@ def test_both_models_train_and_validate_on_every_bucket(trained) -> None:
     assert 0 < gen["val/loss"] < 1 and "val/bit_acc_scale_3" in gen
     ckpt = torch.load(trained["generator"], map_location="cpu", weights_only=True)
     # The schedules of the batches it was trained on, ascending h/w.
-    assert ckpt[TRAINED_SCHEDULES] == [[list(hw) for hw in s] for s in (WIDE, SQUARE, TALL)]
+    assert ckpt[TRAINED_SCHEDULES] == [[list(hw) for hw in s] for s in (WIDE_CONFIGURED, SQUARE, TALL)]
 
 
 def test_sampling_at_a_trained_aspect_ratio_and_refusing_others(trained) -> None:
     gen = load_generator(trained["generator"])
-    assert gen.model.trained_schedules == [WIDE, SQUARE, TALL]
+    assert gen.model.trained_schedules == [WIDE_CONFIGURED, SQUARE, TALL]
+    assert gen.tokenizer.aspect_ratio_schedules == [WIDE_CONFIGURED]  # the generator's copy of the tokenizer
     args = (gen.model, gen.tokenizer, gen.text_encoder, ["shape 2 number 0"])
-    assert sample(*args, aspect_ratio=2.0, seed=1).images.shape == (1, 3, 32, 16)
+    tall = sample(*args, aspect_ratio=2.0, seed=1)
+    assert tall.images.shape == (1, 3, 32, 16) and [b.shape[1] for b in tall.bits] == [1, 4, 8]
     wide = sample(*args, aspect_ratio=0.5, seed=1)
-    assert wide.images.shape == (1, 3, 16, 32) and [b.shape[1] for b in wide.bits] == [1, 4, 8]
+    assert wide.images.shape == (1, 3, 16, 32) and [b.shape[1] for b in wide.bits] == [1, 2, 8]
     # The same image whether named by its aspect ratio or its schedule, cached or not.
-    again = sample(*args, schedule=WIDE, seed=1, use_cache=False)
+    again = sample(*args, schedule=WIDE_CONFIGURED, seed=1, use_cache=False)
     assert all(torch.equal(a, b) for a, b in zip(wide.bits, again.bits))
     with pytest.raises(
         ValueError, match=r"not trained on the scale schedule ending at 4×3 \(h/w = 1\.33\).*0\.5"
     ):
         sample(*args, aspect_ratio=4 / 3)
+    # The template of h/w 0.5 is not what it was trained on at that shape.
+    with pytest.raises(ValueError, match=r"not trained on the scale schedule"):
+        sample(*args, schedule=WIDE)
     with pytest.raises(ValueError, match=r"no scale schedule template for h/w = 1\.1"):
         sample(*args, aspect_ratio=1.1)
 

@@ -156,6 +156,36 @@ def test_spec_errors_name_the_file_and_the_key(recipes, changes, message):
     assert "\n" not in str(info.value)
 
 
+def test_per_shape_schedules_give_an_arm_its_own_schedule_for_a_bucket(recipes):
+    """A 2-scale tokenizer has no template for the 3-scale buckets h/w 0.5 and 2; schedules of its own for
+    them (``model.tokenizer.aspect_ratio_schedules``) are accepted, and a bucket left without one is named."""
+
+    def arms(extra):
+        tokenizer = {"scale_schedule": [[1, 1], [4, 4]], "aspect_ratio_schedules": extra}
+        return [{"name": "method", "value": "1,2,4"}, {"name": "two", "value": "1,4", "tokenizer": {"model": {"tokenizer": tokenizer}}}]  # fmt: skip
+
+    wide, tall = [[1, 1], [2, 4]], [[1, 1], [4, 2]]
+    study = load_study(write_spec(recipes, arms=arms([wide, tall])))
+    assert [a.name for a in study.arms] == ["method", "two"]
+    with pytest.raises(
+        StudyError,
+        match=r"arms\[two\]\.tokenizer: .* no schedule for the data's bucket 2 \(32×16 px, latent 4×2\).*or on a "
+        r"schedule of model\.tokenizer\.aspect_ratio_schedules ending at 4×2",
+    ):
+        load_study(write_spec(recipes, arms=arms([wide])))
+    # A per-shape schedule with another scale count parses, but the spec check refuses it before any fit.
+    from infinity_lit.studies.spec import check_deltas
+
+    three = [[1, 1], [2, 2], [2, 4]]
+    study = load_study(write_spec(recipes, arms=arms([three, tall])))
+    with pytest.raises(
+        StudyError,
+        match=r"arms\[two\]\.tokenizer: model\.tokenizer: aspect_ratio_schedules\[0\] \(ending at 2×4\) has 3 "
+        r"scales starting at \(1, 1\); it needs 2 scales",
+    ):
+        check_deltas(study)
+
+
 def test_a_dir_without_buckets_refuses_evaluation_aspect_ratios(recipes, openmoji_shards):
     spec = write_spec(recipes, data={"dir": str(openmoji_shards), "resolution": 32})
     with pytest.raises(
