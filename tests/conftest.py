@@ -108,10 +108,12 @@ def stand_in_features(_model, batch, _batch_size=50) -> torch.Tensor:
 
 @pytest.fixture
 def stand_in_inception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``evaluation.scoring`` with ``stand_in_features`` instead of Inception (no weights are read); returns a
-    weights file to name as ``inception_weights`` (its bytes are only hashed into fingerprints)."""
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.load_inception", lambda *a, **k: object())
-    monkeypatch.setattr("infinity_lit.evaluation.scoring.inception_features", stand_in_features)
+    """``evaluation.scoring`` and ``evaluation.recon`` (which imports them from ``metrics.inception`` when
+    called) with ``stand_in_features`` instead of Inception (no weights are read); returns a weights file to
+    name as ``inception_weights`` (its bytes are only hashed into fingerprints)."""
+    for module in ("infinity_lit.evaluation.scoring", "infinity_lit.metrics.inception"):
+        monkeypatch.setattr(f"{module}.load_inception", lambda *a, **k: object())
+        monkeypatch.setattr(f"{module}.inception_features", stand_in_features)
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"stand-in")
     return weights

@@ -65,6 +65,7 @@ __all__ = [
     "save_grid",
     "shards_digest",
     "skipped_name",
+    "split_buckets",
     "split_of",
     "split_shards",
     "strict_hint",
@@ -194,6 +195,17 @@ def bucket_manifest(buckets: Sequence[Bucket], counts: dict[str, Any]) -> dict[s
             "counts": {split: int(counts[bucket_name(r)][split]) for split in SPLITS},
         }
         for r, size in buckets
+    }
+
+
+def split_buckets(manifest: dict[str, Any], split: str) -> dict[str, dict[str, Any]]:
+    """The aspect-ratio buckets of a manifest (``read_manifest``) that hold samples of ``split``, in the
+    manifest's order (ascending h/w): bucket name → its manifest entry (``{"aspect_ratio", "size": [h, w],
+    "counts": {split: n}}``). Empty for a square data set."""
+    return {
+        name: bucket
+        for name, bucket in (manifest.get("buckets") or {}).items()
+        if int(bucket.get("counts", {}).get(split, 0)) > 0
     }
 
 

@@ -1084,11 +1084,13 @@ _STATS_STATEMENT = (
 )
 
 _ASPECT_RATIO_STATEMENT = (
-    "Per aspect-ratio bucket h/w: the samples of that bucket's held-out captions, drawn at its aspect ratio, "
-    "against that bucket's held-out images. Pooled: every bucket's samples as one set against the whole "
-    "held-out split (each image resized to 299x299 on its own). Cells as in 'Metrics per arm'; effects "
-    "against the baseline as in 'Effects' (Welch's t-test over seeds, no correction for multiple tests). "
-    "Which buckets each number covers is in the fingerprint (aspect_ratios)."
+    "FID / KID / CLIP score per aspect-ratio bucket h/w: the samples of that bucket's held-out captions, drawn "
+    "at its aspect ratio, against that bucket's held-out images; pooled: every bucket's samples as one set "
+    "against the whole held-out split (each image resized to 299x299 on its own). Tokenizer PSNR / SSIM per "
+    "bucket: the reconstructions of that bucket's held-out images at their own size; pooled: the mean over "
+    "every bucket's images. Cells as in 'Metrics per arm'; effects against the baseline as in 'Effects' "
+    "(Welch's t-test over seeds, no correction for multiple tests). Which buckets each score covers is in the "
+    "fingerprint (aspect_ratios)."
 )
 
 _RUN_COLUMNS = (

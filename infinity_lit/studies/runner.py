@@ -823,6 +823,29 @@ def _fingerprint(score: dict[str, Any], evaluation: dict[str, Any]) -> dict[str,
 
 #: Scores reported per aspect-ratio bucket: metric name → the key of a score record's ``metrics``.
 BUCKET_METRICS = {"fid": "fid", "kid": "kid_mean", "clip_score": "clip_score"}
+#: Reconstruction numbers reported per aspect-ratio bucket: metric name → the key of a recon record's
+#: ``metrics["per_aspect_ratio"][bucket]`` (``evaluation.recon.reconstruction_record``).
+RECON_BUCKET_METRICS = {"tokenizer_psnr": "psnr", "tokenizer_ssim": "ssim"}
+
+
+def per_aspect_ratio_metrics(per: dict[str, Any], names: dict[str, str]) -> dict[str, float]:
+    """Comparison metrics ``<metric>@ar<bucket>`` (``compare.AR_METRIC``) of a stage's per-bucket numbers.
+
+    Args:
+        per: bucket name → that bucket's metrics (a record's ``metrics["per_aspect_ratio"]``).
+        names: metric name → its key in a bucket's metrics (``BUCKET_METRICS``, ``RECON_BUCKET_METRICS``).
+
+    Returns:
+        ``{"<metric>@ar<bucket>": value}`` for the numbers among them (None and text left out).
+    """
+    from .compare import is_number
+
+    return {
+        f"{metric}@ar{name}": values[key]
+        for name, values in per.items()
+        for metric, key in names.items()
+        if is_number(values.get(key))
+    }
 
 
 def bucket_metrics(metrics: dict[str, Any], buckets: dict[str, Any], score_dir: Path) -> dict[str, Any]:
@@ -841,15 +864,10 @@ def bucket_metrics(metrics: dict[str, Any], buckets: dict[str, Any], score_dir: 
         "reference_buckets", and that score's fingerprint fields: reference (without its path),
         reference_sha256, sizes, formats, counts}}}}.
     """
-    from .compare import is_number
     from .stages import bucket_folder
 
     per = metrics.get("per_aspect_ratio") or {}
-    out: dict[str, Any] = {}
-    for name, values in per.items():
-        for metric, key in BUCKET_METRICS.items():
-            if is_number(values.get(key)):
-                out[f"{metric}@ar{name}"] = values[key]
+    out: dict[str, Any] = per_aspect_ratio_metrics(per, BUCKET_METRICS)
     if not per:
         return {"metrics": out, "fingerprint": {}}
     fingerprint: dict[str, Any] = {"pooled": dict(buckets.get("pooled") or {})}
@@ -906,6 +924,9 @@ def collect_records(out: str | Path, study: Study | None = None) -> list[dict[st
         }
         per_ar = bucket_metrics(m, score_done.get("buckets") or {}, base / "score")
         metrics.update(per_ar["metrics"])
+        # The tokenizer's reconstruction of each aspect-ratio bucket (bucketed data): tokenizer_psnr@ar<b>, ….
+        recon_per_ar = recon.get("metrics", {}).get("per_aspect_ratio") or {}
+        metrics.update(per_aspect_ratio_metrics(recon_per_ar, RECON_BUCKET_METRICS))
         for k, v in (recon.get("metrics", {}).get("psnr_per_scale") or {}).items():
             metrics[f"psnr_scale_{k}"] = v
         for tag, v in gen.items():

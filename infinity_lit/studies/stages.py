@@ -247,7 +247,10 @@ def untrained_twin(trained: Path, path: Path, seed: int) -> Path:
 def reconstruction(
     tokenizer: Path, data_dir: Path, out: Path, num_images: int | None, inception_weights: Path | None
 ) -> dict:
-    """The tokenizer's reconstruction record on the held-out split (``evaluation.recon``)."""
+    """The tokenizer's reconstruction record on the held-out split (``evaluation.recon``): on data with
+    aspect-ratio buckets, each bucket at its own size (at most ``num_images`` of each, ``metrics
+    ["per_aspect_ratio"]``) and all of them pooled; otherwise at most ``num_images`` images at the
+    tokenizer's size."""
     from infinity_lit.evaluation.recon import reconstruction_record
 
     return reconstruction_record(
@@ -403,7 +406,7 @@ def score_buckets(samples: Path, folder: Path, data_dir: Path, evaluation: Evalu
     Raises:
         ValueError: as ``evaluation.scoring.score_generated`` (a set of fewer than 2 images, ...).
     """
-    from infinity_lit.data.shards import bucket_name, read_manifest
+    from infinity_lit.data.shards import bucket_name, read_manifest, split_buckets
     from infinity_lit.evaluation.scoring import score_folder
 
     names = [bucket_name(r) for r in evaluation.aspect_ratios or ()]
@@ -430,13 +433,8 @@ def score_buckets(samples: Path, folder: Path, data_dir: Path, evaluation: Evalu
         max_reference=None,
         **common,
     )
-    manifest = read_manifest(data_dir)
-    split_buckets = [
-        name
-        for name, bucket in (manifest.get("buckets") or {}).items()
-        if int(bucket.get("counts", {}).get(evaluation.split, 0)) > 0
-    ]
-    covered = {"pooled": {"sample_buckets": names, "reference_buckets": split_buckets}}
+    reference_buckets = list(split_buckets(read_manifest(data_dir), evaluation.split))
+    covered = {"pooled": {"sample_buckets": names, "reference_buckets": reference_buckets}}
     covered.update({name: {"sample_buckets": [name], "reference_buckets": [name]} for name in names})
     metrics = {
         **pooled["metrics"],
