@@ -68,10 +68,15 @@ def fit(
         hparams_session: let the fit log its own TensorBoard HParams session (``--hparams_session``); the
             study runner turns it off and writes one session per (arm, seed) itself.
 
+    The stage's done marker records ``global_step`` and ``seconds``: this attempt's wall-clock plus the
+    training time of earlier, interrupted attempts up to the checkpoint it resumed from
+    (``earlier_attempts_seconds``, from the checkpoint's Timer state: ``training.training_seconds``; 0 for a
+    checkpoint written before fits kept it).
+
     Raises:
         RuntimeError: training ended without writing ``last.ckpt``.
     """
-    from infinity_lit.training import run_cli
+    from infinity_lit.training import run_cli, training_seconds
 
     cls = module_class(model)
     stage_dir = out / model
@@ -102,10 +107,14 @@ def fit(
     cli = run_cli(cls, args, str(runs.model_runs_dir(model)))
     if not last.is_file():
         raise RuntimeError(f"{model} training finished without writing {last}")
+    # An interrupted fit's earlier attempts count too (their training time up to the checkpoint resumed from).
+    timed = training_seconds(cli.trainer)
+    earlier = timed[1] if timed is not None else 0.0
     record = {
         "checkpoint": str(last),
         "global_step": int(cli.trainer.global_step),
-        "seconds": round(time.time() - start, 1),
+        "seconds": round(time.time() - start + earlier, 1),
+        "earlier_attempts_seconds": round(earlier, 1),
         "args": args,
     }
     runs.mark_done(stage_dir, record)

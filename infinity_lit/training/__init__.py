@@ -1,7 +1,7 @@
 """Lightning glue shared by both LightningModules: the LightningCLI set-up, callbacks, the optimiser and
 learning-rate schedule, and frozen stages.
 
-lightning_cli   RunCLI, run_cli (one LightningCLI for ``infinity-lit tokenizer`` and ``generator``)
+lightning_cli   RunCLI, run_cli (one LightningCLI for ``infinity-lit tokenizer`` and ``generator``), training_seconds
 callbacks       HParamsWithFinalMetrics, log_hparams_with_metrics, numeric_metrics
 progress        StepProgressBar (the training bar: steps / max_steps on a step-bounded run)
 checkpointing   RunCheckpoint (``--checkpoint.*``: last.ckpt always the latest state, best.ckpt apart; saves on
@@ -16,7 +16,7 @@ from .callbacks import HParamsWithFinalMetrics, log_hparams_with_metrics, numeri
 from .checkpointing import AtomicCheckpointIO, CheckpointWriteError, RunCheckpoint
 from .finite import NonFiniteError, NonFiniteGuard
 from .frozen import FrozenStages
-from .lightning_cli import RunCLI, run_cli
+from .lightning_cli import RunCLI, run_cli, training_seconds
 from .optim import OptimizerConfig
 from .schedules import lr_factor, warmup_cosine
 
@@ -34,5 +34,6 @@ __all__ = [
     "lr_factor",
     "numeric_metrics",
     "run_cli",
+    "training_seconds",
     "warmup_cosine",
 ]

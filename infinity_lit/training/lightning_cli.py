@@ -36,7 +36,7 @@ import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from infinity_lit import runs
@@ -433,7 +433,13 @@ class RunCLI(LightningCLI):
         plugins = _as_list(trainer.get("plugins"))
         if "plugins" not in kwargs and not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        # Every fit keeps its training time in its checkpoints (Lightning's Timer, which a max_time adds
+        # already; without one, a Timer that never stops the fit), so that a resumed fit knows the time the
+        # earlier attempts spent (``training_seconds``).
+        if not any(isinstance(c, Timer) for c in trainer.callbacks):
+            trainer.callbacks.append(Timer(duration=None, verbose=False))
+        return trainer
 
     def instantiate_classes(self) -> None:
         # A bad value that one of the toolkit's own classes refuses while jsonargparse builds it (a width the
@@ -460,6 +466,20 @@ class RunCLI(LightningCLI):
             folder = _logger_folder(config, args)
             if folder is not None and not folder.exists():
                 self._new_run_folder = folder
+
+
+def training_seconds(trainer: Any) -> tuple[float, float] | None:
+    """(all attempts, earlier attempts) training seconds of a finished ``fit``, from its ``Timer`` callback
+    (``RunCLI`` gives every fit one; its time is saved in each checkpoint and restored on resume): the time
+    from the start to the end of training (validation within it included) of this attempt plus the earlier
+    attempts' time up to the checkpoint this one resumed from; work an interruption lost after that
+    checkpoint is not counted, as it was done again. None without a Timer or before training ended."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None or timer.start_time("train") is None or timer.end_time("train") is None:
+        return None
+    total = float(timer.time_elapsed("train"))
+    this_attempt = float(timer.end_time("train") - timer.start_time("train"))
+    return total, max(0.0, total - this_attempt)
 
 
 def run_cli(

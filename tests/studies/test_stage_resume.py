@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
 import yaml
@@ -34,14 +35,24 @@ def test_a_stage_stopped_by_sigterm_resumes_from_its_last_checkpoint(tmp_path, o
     straight = load(stages.fit_once("tokenizer", tmp_path / "straight", **{**args, "overrides": None}))
 
     out = tmp_path / "stopped"
+    began = time.monotonic()
     with pytest.raises(SIGTERMException):  # not a failed stage: the study stops (``infinity-lit`` exits 143)
         stages.fit_once("tokenizer", out, **args)
+    first_attempt = time.monotonic() - began
     assert stop_signal() == signal.SIGTERM
     last = runs.last_checkpoint(out / "tokenizer" / runs.STAGE_RUN)
     assert load(last)["global_step"] == 3 and runs.read_done(out / "tokenizer") is None
+    # The checkpoint keeps the training time so far (Lightning's Timer, which every fit has).
+    saved = [v for k, v in load(last)["callbacks"].items() if k.startswith("Timer")]
+    assert len(saved) == 1 and 0 < saved[0]["time_elapsed"]["train"] < first_attempt
 
     resumed = stages.fit_once("tokenizer", out, **args)  # the study run again
-    assert resumed == last and runs.read_done(out / "tokenizer")["global_step"] == 6
+    done = runs.read_done(out / "tokenizer")
+    assert resumed == last and done["global_step"] == 6
+    # The stage's time counts the first attempt's training up to its checkpoint, besides this attempt's.
+    assert done["earlier_attempts_seconds"] == round(saved[0]["time_elapsed"]["train"], 1)
+    assert done["seconds"] >= done["earlier_attempts_seconds"] > 0
+    assert runs.read_done(tmp_path / "straight" / "tokenizer")["earlier_attempts_seconds"] == 0
     assert_same_state(straight, load(resumed))
     steps = logged_steps(out / "tokenizer" / runs.STAGE_RUN, "train/loss_total")
     assert len(steps) == len(set(steps)) == 6
