@@ -472,6 +472,20 @@ def cuda_devices() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
+def seed_major(tasks: Sequence[Task], seeds: Sequence[int]) -> list[Task]:
+    """``tasks`` in the order a study runs them: seed by seed (in ``seeds`` order), and within a seed stage
+    by stage (``STAGES``: every arm's tokenizer, then every arm's generator, …), arms in spec order. A long
+    study thus has every arm compared on its first seed early, and gains a seed (and its intervals) each
+    time one is finished, instead of showing nothing until the last fit ends.
+
+    Raises:
+        KeyError: a task whose seed is not in ``seeds``.
+    """
+    rank = {seed: i for i, seed in enumerate(seeds)}
+    position = {stage: i for i, stage in enumerate(STAGES)}
+    return sorted(tasks, key=lambda t: (rank[t.seed], position[t.stage]))  # stable: arms keep their order
+
+
 def run_pool(
     tasks: Sequence[Task],
     submit_one: Callable[[Task, int], dict[str, Any]],
@@ -634,6 +648,7 @@ def run_study(
                 flush=True,
             )
         todo += to_run
+    todo = seed_major(todo, study.seeds)
 
     # A stage whose upstream failed is marked failed without starting a job.
     if submit_one is None:

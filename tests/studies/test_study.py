@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY_TOKENIZER as TINY_ARCHITECTURE
 from conftest import TINY_TRANSFORMER
 
-from infinity_lit.studies.runner import STAGES, plan, run_study, status
+from infinity_lit.studies.runner import STAGES, plan, run_study, seed_major, status
 from infinity_lit.studies.spec import StudyError, check_deltas, load_study, merge, stacked_config, stage_key
 
 # A tokenizer and a generator small enough to fit in seconds on 32² shards.
@@ -266,6 +266,14 @@ def test_equal_stages_share_a_key_and_different_ones_do_not(recipes, openmoji_sh
     assert shared == {("p30", s, stage) for s in (0, 1) for stage in ("tokenizer", "recon")}
 
 
+def test_a_study_runs_seed_by_seed_and_stage_by_stage_within_a_seed(recipes, openmoji_shards):
+    study = load_study(write_spec(recipes, openmoji_shards, seeds=[1, 0]))
+    order = [(t.seed, t.stage, t.arm) for t in seed_major(list(reversed(plan(study))), study.seeds)]
+    # The spec's first seed (1) comes first whatever order the tasks come in; stages in pipeline order.
+    expected = [(seed, stage, arm) for seed in (1, 0) for stage in STAGES for arm in ("p30", "p00")]
+    assert order == expected  # arms in the order given (reversed here): the sort keeps it
+
+
 def test_a_training_stage_key_says_the_machines_default_precision(recipes, openmoji_shards, monkeypatch):
     """A recipe that names no precision trains in the machine's fast one: the key differs between a machine
     where that is bf16-mixed and one where it is 32-true, and not where the spec pins it."""
@@ -365,6 +373,16 @@ def test_study_runs_shares_and_reports(finished_study):
         config = yaml.safe_load((out / arm / "seed_1" / "generator" / "run" / "config.yaml").read_text())
         assert config["model"]["max_flip_prob"] == p and config["seed_everything"] == 1
     assert len(list((out / "p30" / "seed_1" / "samples").glob("*.png"))) == 4
+    # Seed by seed: every stage of seed 0 ended before any of seed 1 (DONE.json written as a stage ends).
+    ended = {
+        seed: [
+            p.stat().st_mtime_ns for p in out.glob(f"*/seed_{seed}/*/DONE.json") if not p.parent.is_symlink()
+        ]
+        for seed in (0, 1)
+    }
+    assert len(ended[0]) == len(ended[1]) == 8 and max(ended[0]) < min(
+        ended[1]
+    )  # 5 + 3 stages of p30 per seed
     # The comparison: per-arm statistics over two seeds with intervals, the failed arm named with its error.
     html_path, md_path = map(Path, result["report"])
     page, md = html_path.read_text(), md_path.read_text()
