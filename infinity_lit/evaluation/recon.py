@@ -413,9 +413,7 @@ def _check_bucket_size(model: torch.nn.Module, name: str, size: Sequence[int], d
         s = model.stride
         raise ValueError(
             f"aspect-ratio bucket {name} of {data} holds {h}×{w} images, for which the tokenizer ({height}×{width} "
-            f"px, stride {s}, {len(model.scale_schedule)} scales) has no scale schedule: {exc}. Evaluate a "
-            "tokenizer trained at the data's resolution and stride, or rebuild the data at the tokenizer's "
-            f"(`infinity-lit data folder ... --resolution {height} --aspect_ratios ... --stride {s}`)"
+            f"px, stride {s}, {len(model.scale_schedule)} scales) has no scale schedule: {exc}"
         ) from exc
 
 

@@ -31,6 +31,7 @@ from .schedules import (
     schedule_for_ratio,
     shape_schedules,
     square_schedule,
+    template_scale_count,
     template_schedule,
     validate_schedule,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "schedule_for_ratio",
     "shape_schedules",
     "square_schedule",
+    "template_scale_count",
     "template_schedule",
     "upsample",
     "validate_schedule",

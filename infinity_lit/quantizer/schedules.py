@@ -208,25 +208,55 @@ def schedule_for_grid(
     extra: Sequence[Sequence[Sequence[int]]] = (),
 ) -> ScaleSchedule | None:
     """The scale schedule a tokenizer quantises a latent grid with: its own ``schedule`` if it ends at
-    ``latent_hw``; else the per-shape schedule of ``extra`` that ends there (``shape_schedules``); else the
-    method's template of that aspect ratio with as many scales (``template_schedule``) if it ends there.
+    ``latent_hw``; else the per-shape schedule of ``extra`` that ends there (``shape_schedules``); else, for an
+    aspect ratio ``extra`` has no schedule for, the method's template of that aspect ratio with as many scales
+    (``template_schedule``) if it ends there. A per-shape schedule replaces the template of its aspect ratio
+    (the nearest template to its last grid's h/w) entirely, as sampling at that aspect ratio uses it
+    (``schedule_for_ratio``): a grid of that aspect ratio it does not end at has no schedule.
 
     Example: own [(1,1), (2,2), (4,4), (6,6), (8,8)], no extra: (5, 10) → [(1,1), (2,2), (2,4), (3,6), (5,10)]
-    (a 40×80 image at stride 8); (4, 8) → None (the 0.5 template's 5th grid is 5×10).
+    (a 40×80 image at stride 8); (4, 8) → None (the 0.5 template's 5th grid is 5×10). With the extra
+    [(1,1), (1,2), (2,4), (3,6), (4,8)]: (4, 8) → it, and (5, 10) → None.
+
+    Args:
+        latent_hw: (h, w) of the latent grid (image size / stride), positive ints.
+        schedule: the tokenizer's own schedule (``validate_schedule``'d).
+        extra: its per-shape schedules (``shape_schedules``'d).
 
     Returns:
-        the schedule (a list of int pairs), or None when none ends at ``latent_hw``.
+        the schedule (a list of int pairs), or None when none ends at ``latent_hw`` (also for an own schedule
+        of more scales than the templates have, 13).
     """
     latent = (int(latent_hw[0]), int(latent_hw[1]))
     own = [(int(h), int(w)) for h, w in schedule]
     if own[-1] == latent:
         return own
+    ratio = nearest_aspect_ratio(latent[0] / latent[1])
     for candidate in extra:
         pairs = [(int(h), int(w)) for h, w in candidate]
         if pairs[-1] == latent:
             return pairs
-    template = template_schedule(latent[0] / latent[1], len(own))
+        if nearest_aspect_ratio(pairs[-1][0] / pairs[-1][1]) == ratio:
+            return None  # this aspect ratio's schedule ends at another grid
+    if len(own) > len(ASPECT_RATIO_TEMPLATES[ratio]):
+        return None
+    template = template_schedule(ratio, len(own))
     return template if template[-1] == latent else None
+
+
+def template_scale_count(latent_hw: tuple[int, int]) -> int | None:
+    """The number of scales K at which the method's template of the grid's aspect ratio (the nearest to its
+    h/w) ends exactly at ``latent_hw``: a tokenizer needs K scales to train on such images with the template.
+    Example: (5, 10) → 5 (the 0.5 template's 5th grid), (4, 8) → None (no template grid is 4×8).
+
+    Raises:
+        ValueError: sides that are not positive.
+    """
+    h, w = (int(v) for v in latent_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"latent grid must have positive sides, got {latent_hw}")
+    grids = ASPECT_RATIO_TEMPLATES[nearest_aspect_ratio(h / w)]
+    return next((k for k, grid in enumerate(grids, 1) if tuple(grid) == (h, w)), None)
 
 
 def schedule_for_ratio(

@@ -594,18 +594,34 @@ class TokenizerGeometry:
     aspect_ratio_schedules: list[list[tuple[int, int]]]
 
 
-def tokenizer_geometry(config: Mapping[str, Any]) -> TokenizerGeometry | None:
-    """The ``TokenizerGeometry`` of the tokenizer a stacked tokenizer-stage config builds (the config's
-    ``model.tokenizer``, its fields' defaults where it names none); None when that mapping does not make a
-    ``TokenizerConfig`` (``check_deltas`` reports such a config)."""
+def tokenizer_config(config: Mapping[str, Any]):
+    """The ``TokenizerConfig`` a stacked tokenizer-stage config builds (its ``model.tokenizer``, the fields'
+    defaults where it names none; keys that are no field are left out: ``check_deltas`` names those with the
+    layer that set them); None when ``model.tokenizer`` is not a mapping.
+
+    Raises:
+        ValueError, TypeError: values that break a rule of ``TokenizerConfig`` (a schedule that does not
+            grow, per-shape schedules of another scale count, …).
+    """
     node = _tokenizer_node(config)
     if node is None:
         return None
+    from dataclasses import fields as dataclass_fields
+
     from infinity_lit.tokenizer.model import TokenizerConfig
 
+    names = {f.name for f in dataclass_fields(TokenizerConfig)}
+    return TokenizerConfig(**{k: v for k, v in node.items() if k in names})
+
+
+def tokenizer_geometry(config: Mapping[str, Any]) -> TokenizerGeometry | None:
+    """The ``TokenizerGeometry`` of the tokenizer a stacked tokenizer-stage config builds
+    (``tokenizer_config``); None when it builds none."""
     try:
-        tokenizer = TokenizerConfig.from_dict(node)
+        tokenizer = tokenizer_config(config)
     except (TypeError, ValueError):
+        return None
+    if tokenizer is None:
         return None
     return TokenizerGeometry(
         tokenizer.stride,
@@ -698,38 +714,38 @@ def _bucketed_openmoji(
 
 def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
     """Every arm's tokenizer has a schedule for every bucket (``bucket_schedule``), as a fit checks before
-    it starts; else a one-line ``StudyError`` naming the arm, the bucket and the scale count that fits it."""
-    from infinity_lit.quantizer.schedules import template_schedule
+    it starts; else a one-line ``StudyError`` naming the arm, the bucket and the scale count that fits it (or
+    the rule its tokenizer config breaks)."""
+    from infinity_lit.quantizer.schedules import template_scale_count
 
     for arm in study.arms:
+        _check_tokenizer_values(study, arm)
         geometry = tokenizer_geometry(stacked_config(study, arm, "tokenizer"))
         if geometry is None:
             continue
         stride, schedule = geometry.stride, geometry.scale_schedule
-        for name, (ratio, (height, width)) in buckets.items():
+        for name, (_, (height, width)) in buckets.items():
             if bucket_schedule(geometry, (height, width)) is not None:
                 continue
-            where = f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
             latent = f"{height / stride:g}×{width / stride:g}"
-            fitting = [
-                k
-                for k in range(1, 14)
-                if height % stride == 0
-                and width % stride == 0
-                and template_schedule(ratio, k)[-1] == (height // stride, width // stride)
-            ]
+            fitting = (
+                template_scale_count((height // stride, width // stride))
+                if height % stride == 0 and width % stride == 0
+                else None
+            )
             needs = (
-                f"the method's template for h/w {name} ends there with {fitting[0]} scales"
-                if fitting
+                f"the method's template for h/w {name} ends there with {fitting} scales"
+                if fitting is not None
                 else "no template of the method ends there"
             )
             raise _fail(
                 study.path,
-                where,
+                _tokenizer_where(arm),
                 f"the tokenizer's scale_schedule {[list(hw) for hw in schedule]} ({len(schedule)} scales, stride "
                 f"{stride}) has no schedule for the data's bucket {name} ({height}×{width} px, latent {latent}): "
                 f"{needs}; a non-square bucket is trained on the template with as many scales as the tokenizer's "
-                f"own schedule, or on a schedule of model.tokenizer.aspect_ratio_schedules ending at {latent}",
+                f"own schedule, or on a schedule of model.tokenizer.aspect_ratio_schedules ending at {latent} "
+                "(which then replaces that aspect ratio's template)",
             )
 
 
@@ -960,22 +976,18 @@ def _delta_error(study: Study, arm: Arm, stage: str, text: str) -> StudyError:
     return _fail(study.path, where, f"does not parse: {key}: {reason}")
 
 
+def _tokenizer_where(arm: Arm) -> str:
+    """The spec key that sets an arm's tokenizer: its own delta, else the stage's recipe and overrides."""
+    return f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
+
+
 def _check_tokenizer_values(study: Study, arm: Arm) -> None:
     """The rules ``TokenizerConfig`` checks when it is built (a schedule that does not grow, per-shape
     schedules of another scale count, …), which parsing alone does not run: a one-line ``StudyError``."""
-    from dataclasses import fields as dataclass_fields
-
-    from infinity_lit.tokenizer.model import TokenizerConfig
-
-    node = _tokenizer_node(stacked_config(study, arm, "tokenizer"))
-    if node is None:
-        return
-    names = {f.name for f in dataclass_fields(TokenizerConfig)}
     try:
-        TokenizerConfig(**{k: v for k, v in node.items() if k in names})
+        tokenizer_config(stacked_config(study, arm, "tokenizer"))
     except (TypeError, ValueError) as err:
-        where = f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
-        raise _fail(study.path, f"{where}: model.tokenizer", str(err)) from None
+        raise _fail(study.path, f"{_tokenizer_where(arm)}: model.tokenizer", str(err)) from None
 
 
 def check_deltas(study: Study) -> None:
@@ -984,7 +996,8 @@ def check_deltas(study: Study) -> None:
     Raises:
         StudyError: the first arm and stage that does not parse: one line naming the file, the arm, the
             stage, the offending key with its value and the layer that set it, and the parser's reason
-            (``parser_error``; never its usage text).
+            (``parser_error``; never its usage text); or a tokenizer config whose values break a rule
+            ``TokenizerConfig`` checks when it is built (``_check_tokenizer_values``).
     """
     import contextlib
     import io

@@ -27,9 +27,11 @@ from infinity_lit.quantizer import (
     MultiScaleBSQ,
     MultiScaleOutput,
     ScaleSchedule,
+    nearest_aspect_ratio,
     schedule_for_grid,
     schedule_for_ratio,
     shape_schedules,
+    template_scale_count,
     template_schedule,
     validate_schedule,
 )
@@ -55,8 +57,9 @@ class TokenizerConfig:
     )
     """Latent grid sizes (h, w) visited by the multi-scale quantizer; the last is the latent grid."""
     aspect_ratio_schedules: list[list[tuple[int, int]]] = field(default_factory=list)
-    """Scale schedules for non-square images, replacing the method's template of their aspect ratio: each
-    ends at the latent grid (H/s, W/s) of its images and has as many scales as ``scale_schedule``, starting at
+    """Scale schedules for non-square images, each replacing the method's template of its aspect ratio (the
+    nearest template to its last grid's h/w) for training and sampling: each ends at the latent grid (H/s, W/s)
+    of its images and has as many scales as ``scale_schedule``, starting at
     the same first scale; at most one per template aspect ratio (``quantizer.shape_schedules``). Empty: every
     non-square shape uses the method's template (``quantizer.template_schedule``)."""
     base_channels: int = 64
@@ -189,7 +192,7 @@ class BitwiseTokenizer(nn.Module):
         """Check that (height, width) fits the stride and the schedule; return the schedule to use.
 
         Without ``scale_schedule``: the tokenizer's schedule for its own image size, and for another shape
-        the method's aspect-ratio template (``schedule_for``).
+        its configured schedule of that shape or the method's aspect-ratio template (``schedule_for``).
 
         Raises:
             ValueError: a side not divisible by the stride, or a latent grid (H/s, W/s) different from the
@@ -238,20 +241,35 @@ class BitwiseTokenizer(nn.Module):
             if found is not None:
                 return found
         h, w = own[-1]
-        th, tw = template_schedule(height / width, len(own))[-1]
-        grids = [(h, w), *(g[-1] for g in self.aspect_ratio_schedules), (th, tw)]
-        sizes = " or ".join(dict.fromkeys(f"{gh * s}×{gw * s}" for gh, gw in grids))
-        if (th, tw) == (h, w):  # a square image of another size: its template is the tokenizer's own size
-            fits = f"the scale schedule ends at {h}×{w}; use images of {sizes}"
-        else:
+        ratio = nearest_aspect_ratio(height / width)
+        configured = [
+            g[-1] for g in self.aspect_ratio_schedules if nearest_aspect_ratio(g[-1][0] / g[-1][1]) == ratio
+        ]
+        if configured:
+            gh, gw = configured[0]
             fits = (
-                f"the scale schedule ends at {h}×{w} and the method's template for h/w ≈ {height / width:.3g} "
-                f"with {len(own)} scales at {th}×{tw}; use images of {sizes} "
-                f"(`infinity-lit data folder --aspect_ratios … --stride {s}` builds the templates' sizes)"
+                f"the tokenizer's own schedule for h/w {ratio:g} (aspect_ratio_schedules) ends at {gh}×{gw}; use "
+                f"images of {gh * s}×{gw * s}"
             )
+        else:
+            template = None if len(own) > 13 else template_schedule(ratio, len(own))[-1]
+            grids = [(h, w), *(g[-1] for g in self.aspect_ratio_schedules), *([template] if template else [])]
+            sizes = " or ".join(dict.fromkeys(f"{gh * s}×{gw * s}" for gh, gw in grids))
+            if template is None or template == (h, w):  # a square image of another size: its template is own
+                fits = f"the scale schedule ends at {h}×{w}; use images of {sizes}"
+            else:
+                fits = (
+                    f"the scale schedule ends at {h}×{w} and the method's template for h/w ≈ {height / width:.3g} "
+                    f"with {len(own)} scales at {template[0]}×{template[1]}; use images of {sizes} "
+                    f"(`infinity-lit data folder --aspect_ratios … --stride {s}` builds the templates' sizes)"
+                )
+            k = template_scale_count(latent) if latent[0] >= 1 and latent[1] >= 1 else None
+            if k is not None and k != len(own):
+                fits += f", train a tokenizer with {k} scales (the template ends at {latent[0]}×{latent[1]} with {k})"
         raise ValueError(
             f"image size {height}×{width} gives a latent grid {latent[0]}×{latent[1]} at stride {s}, but {fits}, "
-            f"or pass a scale_schedule ending at {latent} (e.g. infinity_lit.quantizer.schedule_for_latent({latent}))"
+            f"or give the tokenizer a schedule ending at {latent} (model.tokenizer.aspect_ratio_schedules; per "
+            f"call: scale_schedule=infinity_lit.quantizer.schedule_for_latent({latent}, {len(own)}))"
         )
 
     def schedule_for_aspect_ratio(self, aspect_ratio: float) -> ScaleSchedule:

@@ -478,8 +478,7 @@ def check_bucket_sizes(trainer: Any, tokenizer: BitwiseTokenizer) -> None:
             tokenizer.schedule_for(h, w)
         except ValueError as exc:
             raise ValueError(
-                f"aspect-ratio bucket {name} of the data ({h}×{w} px) does not fit the tokenizer: {exc}; rebuild "
-                f"the data with --resolution {tokenizer.config.image_size[0]} --stride {tokenizer.stride}"
+                f"aspect-ratio bucket {name} of the data ({h}×{w} px) does not fit the tokenizer: {exc}"
             ) from exc
 
 

@@ -473,12 +473,14 @@ def training_seconds(trainer: Any) -> tuple[float, float] | None:
     (``RunCLI`` gives every fit one; its time is saved in each checkpoint and restored on resume): the time
     from the start to the end of training (validation within it included) of this attempt plus the earlier
     attempts' time up to the checkpoint this one resumed from; work an interruption lost after that
-    checkpoint is not counted, as it was done again. None without a Timer or before training ended."""
+    checkpoint is not counted, as it was done again. A resume from a checkpoint that had reached the end
+    (killed after its last save) trains nothing: this attempt adds 0. None without a Timer."""
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    if timer is None or timer.start_time("train") is None or timer.end_time("train") is None:
+    if timer is None:
         return None
-    total = float(timer.time_elapsed("train"))
-    this_attempt = float(timer.end_time("train") - timer.start_time("train"))
+    total = float(timer.time_elapsed("train"))  # the restored time alone when training did not start
+    start, end = timer.start_time("train"), timer.end_time("train")
+    this_attempt = float(end - start) if start is not None and end is not None else 0.0
     return total, max(0.0, total - this_attempt)
 
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infinity_lit.quantizer import schedule_for_grid, schedule_for_ratio, shape_schedules
+from infinity_lit.quantizer import (
+    schedule_for_grid,
+    schedule_for_ratio,
+    shape_schedules,
+    template_scale_count,
+)
 from infinity_lit.tokenizer import BitwiseTokenizer, TokenizerConfig
 
 SQUARE = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)]
@@ -28,6 +33,18 @@ def test_lookup_by_latent_grid_prefers_own_then_configured_then_template() -> No
     assert schedule_for_grid((4, 8), SQUARE) is None  # the 0.5 template's 5th grid is 5×10
     assert schedule_for_grid((4, 8), SQUARE, [WIDE_4x8]) == WIDE_4x8
     assert schedule_for_grid((7, 7), SQUARE, [WIDE_DENSE]) is None
+    # A configured schedule of h/w 0.5 replaces that template: the template's grid has no schedule then.
+    assert schedule_for_grid((5, 10), SQUARE, [WIDE_4x8]) is None
+    # More scales than the templates have (13): no template to fall back on, and no error.
+    fourteen = [(k, k) for k in range(1, 15)]
+    assert schedule_for_grid((14, 14), fourteen) == fourteen and schedule_for_grid((7, 14), fourteen) is None
+
+
+def test_scale_count_whose_template_ends_at_a_grid() -> None:
+    assert template_scale_count((5, 10)) == 5 and template_scale_count((10, 5)) == 5
+    assert template_scale_count((8, 8)) == 5 and template_scale_count((16, 16)) == 7
+    assert template_scale_count((2, 4)) == 3 and template_scale_count((4, 8)) is None
+    assert template_scale_count((1, 1)) == 1
 
 
 def test_lookup_by_aspect_ratio() -> None:
@@ -78,8 +95,23 @@ def test_the_tokenizer_quantises_and_round_trips_with_its_configured_schedule() 
         recon, out = tokenizer(torch.rand(2, 3, 40, 80) * 2 - 1)
     assert recon.shape == (2, 3, 40, 80) and [tuple(c.shape[-2:]) for c in out.codes] == WIDE_DENSE
     # An image size no schedule ends at names the configured sizes among those that fit.
-    with pytest.raises(ValueError, match=r"use images of 64×64 or 40×80 \("):
+    with pytest.raises(
+        ValueError,
+        match=r"own schedule for h/w 0\.5 \(aspect_ratio_schedules\) ends at 5×10; use images of 40×80, or give",
+    ):
         tokenizer.schedule_for(32, 64)
+    # A configured schedule replaces its aspect ratio's template in training too, not only in sampling.
     config.aspect_ratio_schedules = [WIDE_4x8]
-    with pytest.raises(ValueError, match=r"use images of 64×64 or 32×64 or 40×80 \("):
-        BitwiseTokenizer(config).schedule_for(24, 48)
+    tokenizer = BitwiseTokenizer(config)
+    assert tokenizer.schedule_for(32, 64) == WIDE_4x8 == tokenizer.schedule_for_aspect_ratio(0.5)
+    with pytest.raises(
+        ValueError, match=r"h/w 0\.5 \(aspect_ratio_schedules\) ends at 4×8; use images of 32×64"
+    ):
+        tokenizer.schedule_for(40, 80)
+    # Another aspect ratio: the sizes that fit, and the scale count whose template ends at the grid.
+    with pytest.raises(
+        ValueError,
+        match=r"use images of 64×64 or 32×64 or 80×40 \(.*train a tokenizer with 4 scales \(the template ends at "
+        r"6×3 with 4\), or give the tokenizer a schedule ending at \(6, 3\) \(model\.tokenizer\.aspect_ratio_schedules",
+    ):
+        tokenizer.schedule_for(48, 24)

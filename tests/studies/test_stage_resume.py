@@ -53,6 +53,15 @@ def test_a_stage_stopped_by_sigterm_resumes_from_its_last_checkpoint(tmp_path, o
     assert done["earlier_attempts_seconds"] == round(saved[0]["time_elapsed"]["train"], 1)
     assert done["seconds"] >= done["earlier_attempts_seconds"] > 0
     assert runs.read_done(tmp_path / "straight" / "tokenizer")["earlier_attempts_seconds"] == 0
+    # Killed after its last checkpoint but before the stage was marked done: the run again trains nothing,
+    # and the stage keeps the whole training time (the Timer's, saved at step 6).
+    total = next(v for k, v in load(last)["callbacks"].items() if k.startswith("Timer"))["time_elapsed"][
+        "train"
+    ]
+    (out / "tokenizer" / "DONE.json").unlink()
+    assert stages.fit_once("tokenizer", out, **args) == last and load(last)["global_step"] == 6
+    again = runs.read_done(out / "tokenizer")
+    assert again["earlier_attempts_seconds"] == round(total, 1) and total > saved[0]["time_elapsed"]["train"]
     assert_same_state(straight, load(resumed))
     steps = logged_steps(out / "tokenizer" / runs.STAGE_RUN, "train/loss_total")
     assert len(steps) == len(set(steps)) == 6

@@ -173,16 +173,20 @@ def test_per_shape_schedules_give_an_arm_its_own_schedule_for_a_bucket(recipes):
         r"schedule of model\.tokenizer\.aspect_ratio_schedules ending at 4×2",
     ):
         load_study(write_spec(recipes, arms=arms([wide])))
-    # A per-shape schedule with another scale count parses, but the spec check refuses it before any fit.
+    # A per-shape schedule with another scale count parses, but is refused before any fit: when the spec is
+    # read on bucketed data, and by the spec check (study check, study run) on square data.
     from infinity_lit.studies.spec import check_deltas
 
     three = [[1, 1], [2, 2], [2, 4]]
-    study = load_study(write_spec(recipes, arms=arms([three, tall])))
-    with pytest.raises(
-        StudyError,
-        match=r"arms\[two\]\.tokenizer: model\.tokenizer: aspect_ratio_schedules\[0\] \(ending at 2×4\) has 3 "
-        r"scales starting at \(1, 1\); it needs 2 scales",
-    ):
+    message = (
+        r"arms\[two\]\.tokenizer: model\.tokenizer: aspect_ratio_schedules\[0\] \(ending at 2×4\) has 3 scales "
+        r"starting at \(1, 1\); it needs 2 scales"
+    )
+    with pytest.raises(StudyError, match=message):
+        load_study(write_spec(recipes, arms=arms([three, tall])))
+    square = {"data": {"openmoji": {"resolution": 32}}, "evaluation": {"num_images": 3}}
+    study = load_study(write_spec(recipes, arms=arms([three, tall]), **square))
+    with pytest.raises(StudyError, match=message):
         check_deltas(study)
 
 
