@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -123,32 +124,42 @@ TABLE_COLUMNS = (
 
 
 def metrics_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
-    """One row per metrics.json, formatted for the table (``TABLE_COLUMNS``)."""
+    """One row per metrics.json, formatted for the table (``TABLE_COLUMNS``), followed by one row per
+    aspect-ratio bucket of a record that has them (``metrics.per_aspect_ratio``: ``eval recon`` on bucketed
+    shards), its file named with the bucket (``metrics.json · h/w 0.5``)."""
+
+    def row(run: RunData, file: str, kind: str, images: Any, m: dict, s: dict, checkpoint: Any) -> dict:
+        kid = m.get("kid_mean")
+        kid_txt = f"{_fmt(kid, 4)} ± {_fmt(m.get('kid_std'), 4)}" if kid is not None else "–"
+        return {
+            "run": run.name,
+            "file": file,
+            "kind": kind,
+            "images": _fmt(images, 0),
+            "FID": _fmt(m.get("fid"), 2),
+            "KID": kid_txt,
+            "CLIP": _fmt(m.get("clip_score"), 2),
+            "PSNR": _fmt(m.get("psnr"), 2),
+            "SSIM": _fmt(m.get("ssim"), 4),
+            "rFID": _fmt(m.get("rfid"), 2),
+            "cfg": short_value(s.get("cfg")),
+            "τ": short_value(s.get("tau")),
+            "seed": short_value(s.get("seed")),
+            "checkpoint": short_value(checkpoint),
+        }
+
     rows = []
     for run in runs:
         for path, rec in run.metrics:
             m = rec.get("metrics", {})
             s = rec.get("sampling", {})
-            kid = m.get("kid_mean")
-            kid_txt = f"{_fmt(kid, 4)} ± {_fmt(m.get('kid_std'), 4)}" if kid is not None else "–"
-            rows.append(
-                {
-                    "run": run.name,
-                    "file": str(path.relative_to(run.root)),
-                    "kind": str(rec.get("kind", "?")),
-                    "images": _fmt(rec.get("num_images"), 0),
-                    "FID": _fmt(m.get("fid"), 2),
-                    "KID": kid_txt,
-                    "CLIP": _fmt(m.get("clip_score"), 2),
-                    "PSNR": _fmt(m.get("psnr"), 2),
-                    "SSIM": _fmt(m.get("ssim"), 4),
-                    "rFID": _fmt(m.get("rfid"), 2),
-                    "cfg": short_value(s.get("cfg")),
-                    "τ": short_value(s.get("tau")),
-                    "seed": short_value(s.get("seed")),
-                    "checkpoint": short_value(s.get("checkpoint", rec.get("checkpoint"))),
-                }
-            )
+            file, kind = str(path.relative_to(run.root)), str(rec.get("kind", "?"))
+            checkpoint = s.get("checkpoint", rec.get("checkpoint"))
+            rows.append(row(run, file, kind, rec.get("num_images"), m, s, checkpoint))
+            for name, bucket in (m.get("per_aspect_ratio") or {}).items():
+                if isinstance(bucket, dict):
+                    images = bucket.get("num_images")
+                    rows.append(row(run, f"{file} · h/w {name}", kind, images, bucket, s, checkpoint))
     return rows
 
 

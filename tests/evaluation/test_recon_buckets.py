@@ -90,6 +90,19 @@ def test_each_bucket_at_its_own_size_and_pooled(bucketed_shards, tiny_tokenizer_
         pooled = sum(per[n]["psnr_per_scale"][k] * c for n, c in counts.items()) / sum(counts.values())
         assert record["metrics"]["psnr_per_scale"][k] == pytest.approx(pooled, abs=1e-4)
     assert record["metrics"]["rfid"] is None
+    # eval report lists the pooled record and then each bucket's numbers.
+    from infinity_lit.evaluation.report import collect_run, metrics_rows
+
+    rows = metrics_rows([collect_run(tmp_path / "all")])
+    assert [r["file"] for r in rows] == [
+        "metrics.json",
+        *(f"metrics.json · h/w {b}" for b in ("0.5", "1", "2")),
+    ]
+    assert [r["PSNR"] for r in rows[1:]] == [f"{per[b]['psnr']:.2f}" for b in ("0.5", "1", "2")]
+    assert [r["images"] for r in rows] == [
+        str(record["num_images"]),
+        *(str(counts[b]) for b in ("0.5", "1", "2")),
+    ]
     # The record's top-level size and schedule stay the tokenizer's own.
     assert record["image_size"] == [32, 32] and record["scale_schedule"] == TINY_TOKENIZER["scale_schedule"]
 
