@@ -44,7 +44,6 @@ from infinity_lit.evaluation.report import (
     html_page,
     md_cell,
     pyplot,
-    short_value,
     thumbnail_png,
 )
 from infinity_lit.evaluation.tensorboard import PER_SCALE_TAG, event_dirs, read_scalars
@@ -1120,7 +1119,13 @@ def _run_cell(r: StudyRecord, metric: str) -> str:
 
 
 def _value_text(value: Any) -> str:
-    return "–" if value is None else short_value(value)
+    """An arm's value of the studied variable as written in the spec (a text such as "1,2; h/w 2" whole:
+    not a path), a list joined by commas, None as "–"."""
+    if value is None:
+        return "–"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_value_text(v) for v in value)
+    return str(value)
 
 
 class _Page:

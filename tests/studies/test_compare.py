@@ -425,6 +425,13 @@ def test_sample_grid_pairs_by_prompt_and_seed_not_row(study):
     assert rows[("a tree", 9)][:-1] == [None] * 5
 
 
+def test_an_arm_value_with_a_slash_is_shown_whole(tmp_path):
+    """An arm's value is text of the spec, not a path: "h/w" must not be cut to its last part."""
+    records = [_record("method", 0, value="1,2,4"), _record("kept", 0, value="1,2,4; h/w kept from scale 2")]
+    _, md_path = write_comparison(records, tmp_path / "cmp", "s", "scale_schedule", "method")
+    assert "| kept | 1,2,4; h/w kept from scale 2 | 0 | – |" in md_path.read_text()
+
+
 def test_numpy_numbers_count_as_numbers():
     recs = [
         StudyRecord("a", np.int64(s), metrics={"fid": np.float64(v)}) for s, v in enumerate([1.0, 2.0, 3.0])
