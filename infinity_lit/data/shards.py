@@ -143,11 +143,13 @@ def template_buckets(aspect_ratios: str | Sequence[float], resolution: int, stri
     ascending; see its ``aspect_ratios`` argument.
 
     Raises:
-        ValueError: a ratio that is no template (the message lists them), a repeated one, an empty list, or
+        ValueError: a ratio that is no template (the message lists them), one whose template grid at this
+            scale count does not have its shape yet (0.571 at 3 scales is 3×3), a repeated one, an empty list, or
             ``resolution / stride`` that is no side of the method's square schedule (1, 2, 4, 6, 8, 12, 16, …).
     """
     # The templates are the quantizer's (one home); imported here so that square builds start without torch.
     from infinity_lit.quantizer.schedules import (
+        ASPECT_RATIO_TEMPLATES,
         ASPECT_RATIOS,
         REFERENCE_SIDES,
         aspect_ratio_schedule,
@@ -177,6 +179,19 @@ def template_buckets(aspect_ratios: str | Sequence[float], resolution: int, stri
     for ratio in ratios:
         h, w = aspect_ratio_schedule(ratio, num_scales)[-1]  # raises for a ratio that is no template
         template = nearest_aspect_ratio(ratio)
+        if nearest_aspect_ratio(h / w) != template:
+            # With few scales some templates have not reached their shape yet (0.571 at 3 scales is 3×3).
+            grids = ASPECT_RATIO_TEMPLATES[template]
+            k = next(
+                k
+                for k in range(num_scales, len(grids) + 1)
+                if nearest_aspect_ratio(grids[k - 1][0] / grids[k - 1][1]) == template
+            )
+            raise ValueError(
+                f"aspect ratio {ratio:g} has no bucket of its own shape at resolution {resolution} / stride {stride} "
+                f"({num_scales} scales): the method's template ends at {h}×{w} there (h/w {h / w:.3g}); leave it "
+                f"out, or use a resolution of {REFERENCE_SIDES[k - 1] * stride} or more at this stride"
+            )
         if template in buckets:
             raise ValueError(f"aspect ratio {ratio:g} is given twice (template {template:g})")
         buckets[template] = (h * stride, w * stride)

@@ -716,7 +716,7 @@ def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
     """Every arm's tokenizer has a schedule for every bucket (``bucket_schedule``), as a fit checks before
     it starts; else a one-line ``StudyError`` naming the arm, the bucket and the scale count that fits it (or
     the rule its tokenizer config breaks)."""
-    from infinity_lit.quantizer.schedules import template_scale_count
+    from infinity_lit.quantizer.schedules import nearest_aspect_ratio, template_scale_count
 
     for arm in study.arms:
         _check_tokenizer_values(study, arm)
@@ -733,11 +733,18 @@ def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
                 if height % stride == 0 and width % stride == 0
                 else None
             )
-            needs = (
-                f"the method's template for h/w {name} ends there with {fitting} scales"
-                if fitting is not None
-                else "no template of the method ends there"
-            )
+            own_shape = [
+                g[-1]
+                for g in geometry.aspect_ratio_schedules
+                if nearest_aspect_ratio(g[-1][0] / g[-1][1]) == nearest_aspect_ratio(height / width)
+            ]
+            if own_shape:
+                gh, gw = own_shape[0]
+                needs = f"its model.tokenizer.aspect_ratio_schedules entry for h/w {name} ends at {gh}×{gw}"
+            elif fitting is not None:
+                needs = f"the method's template for h/w {name} ends there with {fitting} scales"
+            else:
+                needs = "no template of the method ends there"
             raise _fail(
                 study.path,
                 _tokenizer_where(arm),

@@ -23,6 +23,16 @@ def test_template_bucket_sizes_follow_the_method_templates() -> None:
     # 256 px at stride 16: 7 scales, the 0.5 template ends at (11, 22) (176×352), 4/3 at (20, 15).
     assert template_buckets([0.5, 4 / 3], 256, 16) == [(0.5, (176, 352)), (1.333, (320, 240))]
     assert len(template_buckets("all", 256, 16)) == 15
+    # With 3 scales the 4/7 template is still square (3×3): no bucket of its shape, and a way out named.
+    with pytest.raises(
+        ValueError,
+        match=r"aspect ratio 0\.571 has no bucket of its own shape at resolution 32 / "
+        r"stride 8 \(3 scales\): the method's template ends at 3×3 there .* a resolution of 48 or more",
+    ):
+        template_buckets("all", 32, 8)
+    with pytest.raises(ValueError, match=r"aspect ratio 0\.5 has no bucket .* 2×2 there"):
+        template_buckets([0.5, 1, 2], 16, 8)
+    assert [size for _, size in template_buckets([0.5, 1, 2], 32, 8)] == [(16, 32), (32, 32), (32, 16)]
     with pytest.raises(ValueError, match=r"no scale schedule template for h/w = 1\.1"):
         template_buckets("1,1.1", 64, 8)
     with pytest.raises(ValueError, match="given twice"):

@@ -173,6 +173,13 @@ def test_per_shape_schedules_give_an_arm_its_own_schedule_for_a_bucket(recipes):
         r"schedule of model\.tokenizer\.aspect_ratio_schedules ending at 4×2",
     ):
         load_study(write_spec(recipes, arms=arms([wide])))
+    # A schedule of the bucket's aspect ratio that ends at another grid is named as the cause.
+    with pytest.raises(
+        StudyError,
+        match=r"bucket 0\.5 \(16×32 px, latent 2×4\): its model\.tokenizer\.aspect_ratio_schedules entry "
+        r"for h/w 0\.5 ends at 1×2",
+    ):
+        load_study(write_spec(recipes, arms=arms([[[1, 1], [1, 2]], tall])))
     # A per-shape schedule with another scale count parses, but is refused before any fit: when the spec is
     # read on bucketed data, and by the spec check (study check, study run) on square data.
     from infinity_lit.studies.spec import check_deltas
