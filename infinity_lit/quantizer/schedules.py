@@ -202,6 +202,18 @@ def shape_schedules(
     return out
 
 
+def shape_schedule_for(aspect_ratio: float, extra: Sequence[Sequence[Sequence[int]]]) -> ScaleSchedule | None:
+    """The per-shape schedule of ``extra`` (``shape_schedules``) for the template aspect ratio nearest to
+    h/w ``aspect_ratio``: the one whose last grid's h/w has that nearest template; None when ``extra`` has
+    none for it."""
+    ratio = nearest_aspect_ratio(aspect_ratio)
+    for candidate in extra:
+        pairs = [(int(h), int(w)) for h, w in candidate]
+        if nearest_aspect_ratio(pairs[-1][0] / pairs[-1][1]) == ratio:
+            return pairs
+    return None
+
+
 def schedule_for_grid(
     latent_hw: tuple[int, int],
     schedule: Sequence[Sequence[int]],
@@ -232,12 +244,9 @@ def schedule_for_grid(
     if own[-1] == latent:
         return own
     ratio = nearest_aspect_ratio(latent[0] / latent[1])
-    for candidate in extra:
-        pairs = [(int(h), int(w)) for h, w in candidate]
-        if pairs[-1] == latent:
-            return pairs
-        if nearest_aspect_ratio(pairs[-1][0] / pairs[-1][1]) == ratio:
-            return None  # this aspect ratio's schedule ends at another grid
+    configured = shape_schedule_for(ratio, extra)
+    if configured is not None:  # this aspect ratio's schedule, wherever it ends
+        return configured if configured[-1] == latent else None
     if len(own) > len(ASPECT_RATIO_TEMPLATES[ratio]):
         return None
     template = template_schedule(ratio, len(own))
@@ -273,15 +282,11 @@ def schedule_for_ratio(
             nearest and lists them all).
     """
     own = [(int(h), int(w)) for h, w in schedule]
-    template = aspect_ratio_schedule(aspect_ratio, len(own))
-    ratio = nearest_aspect_ratio(aspect_ratio)
-    if ratio == 1.0:
+    template = aspect_ratio_schedule(aspect_ratio, len(own))  # raises for a ratio that is no template
+    if nearest_aspect_ratio(aspect_ratio) == 1.0:
         return own
-    for candidate in extra:
-        pairs = [(int(h), int(w)) for h, w in candidate]
-        if nearest_aspect_ratio(pairs[-1][0] / pairs[-1][1]) == ratio:
-            return pairs
-    return template
+    configured = shape_schedule_for(aspect_ratio, extra)
+    return template if configured is None else configured
 
 
 def schedule_for_latent(latent_hw: tuple[int, int], num_scales: int | None = None) -> ScaleSchedule:

@@ -67,9 +67,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from infinity_lit.tokenizer.model import TokenizerConfig
 
 #: The trainable stages, in order; each may have a base recipe and per-arm deltas.
 TRAIN_STAGES = ("tokenizer", "generator")
@@ -584,17 +587,7 @@ def _tokenizer_node(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return node if isinstance(node, Mapping) else None
 
 
-@dataclass(frozen=True)
-class TokenizerGeometry:
-    """What decides a tokenizer's schedule for an image size: ``stride``, its own ``scale_schedule`` and its
-    per-shape ``aspect_ratio_schedules`` (``TokenizerConfig``)."""
-
-    stride: int
-    scale_schedule: list[tuple[int, int]]
-    aspect_ratio_schedules: list[list[tuple[int, int]]]
-
-
-def tokenizer_config(config: Mapping[str, Any]):
+def tokenizer_config(config: Mapping[str, Any]) -> TokenizerConfig | None:
     """The ``TokenizerConfig`` a stacked tokenizer-stage config builds (its ``model.tokenizer``, the fields'
     defaults where it names none; keys that are no field are left out: ``check_deltas`` names those with the
     layer that set them); None when ``model.tokenizer`` is not a mapping.
@@ -614,38 +607,22 @@ def tokenizer_config(config: Mapping[str, Any]):
     return TokenizerConfig(**{k: v for k, v in node.items() if k in names})
 
 
-def tokenizer_geometry(config: Mapping[str, Any]) -> TokenizerGeometry | None:
-    """The ``TokenizerGeometry`` of the tokenizer a stacked tokenizer-stage config builds
-    (``tokenizer_config``); None when it builds none."""
-    try:
-        tokenizer = tokenizer_config(config)
-    except (TypeError, ValueError):
-        return None
-    if tokenizer is None:
-        return None
-    return TokenizerGeometry(
-        tokenizer.stride,
-        [tuple(hw) for hw in tokenizer.scale_schedule],
-        [[tuple(hw) for hw in s] for s in tokenizer.aspect_ratio_schedules],
-    )
-
-
-def bucket_schedule(geometry: TokenizerGeometry, size: tuple[int, int]) -> list[tuple[int, int]] | None:
-    """The scale schedule a tokenizer of ``geometry`` uses for images of ``size`` (height, width) pixels, as
-    ``BitwiseTokenizer.schedule_for`` picks it (``quantizer.schedule_for_grid``): its own for its own size,
-    else its configured schedule of that shape, else the method's template of that aspect ratio with as many
-    scales if it ends at the latent grid; None when none fits.
+def bucket_schedule(tokenizer: TokenizerConfig, size: tuple[int, int]) -> list[tuple[int, int]] | None:
+    """The scale schedule a tokenizer of config ``tokenizer`` uses for images of ``size`` (height, width)
+    pixels, as ``BitwiseTokenizer.schedule_for`` picks it (``quantizer.schedule_for_grid``): its own for its
+    own size, else its configured schedule of that shape, else the method's template of that aspect ratio
+    with as many scales if it ends at the latent grid; None when none fits.
 
     Example: stride 8 and [1, 2, 4, 6, 8] (5 scales) give [(1,1), (2,2), (2,4), (3,6), (5,10)] for 40×80 px
     images and None for 24×48 px ones (the 0.5 template ends at 3×6 with 4 scales, not 5)."""
     from infinity_lit.quantizer.schedules import schedule_for_grid
 
     height, width = size
-    stride = geometry.stride
+    stride = tokenizer.stride
     if height % stride or width % stride:
         return None
     return schedule_for_grid(
-        (height // stride, width // stride), geometry.scale_schedule, geometry.aspect_ratio_schedules
+        (height // stride, width // stride), tokenizer.scale_schedule, tokenizer.aspect_ratio_schedules
     )
 
 
@@ -694,12 +671,15 @@ def _bucketed_openmoji(
         config = dict(_load_yaml(stages["tokenizer"].recipe))
         if stages["tokenizer"].overrides:
             config = merge(config, stages["tokenizer"].overrides)
-        geometry = tokenizer_geometry(config)
-        if geometry is None:
+        try:
+            tokenizer = tokenizer_config(config)
+        except (TypeError, ValueError):  # the arms' checks name what is wrong with it
+            tokenizer = None
+        if tokenizer is None:
             raise _fail(
                 path, "data.openmoji.stride", "missing, and the tokenizer recipe does not say its stride"
             )
-        stride = geometry.stride
+        stride = tokenizer.stride
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
         raise _fail(path, "data.openmoji.stride", f"must be a positive integer, got {stride!r}")
     from infinity_lit.data.shards import template_buckets
@@ -716,16 +696,15 @@ def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
     """Every arm's tokenizer has a schedule for every bucket (``bucket_schedule``), as a fit checks before
     it starts; else a one-line ``StudyError`` naming the arm, the bucket and the scale count that fits it (or
     the rule its tokenizer config breaks)."""
-    from infinity_lit.quantizer.schedules import nearest_aspect_ratio, template_scale_count
+    from infinity_lit.quantizer.schedules import shape_schedule_for, template_scale_count
 
     for arm in study.arms:
-        _check_tokenizer_values(study, arm)
-        geometry = tokenizer_geometry(stacked_config(study, arm, "tokenizer"))
-        if geometry is None:
+        tokenizer = _check_tokenizer_values(study, arm)
+        if tokenizer is None:
             continue
-        stride, schedule = geometry.stride, geometry.scale_schedule
+        stride, schedule = tokenizer.stride, tokenizer.scale_schedule
         for name, (_, (height, width)) in buckets.items():
-            if bucket_schedule(geometry, (height, width)) is not None:
+            if bucket_schedule(tokenizer, (height, width)) is not None:
                 continue
             latent = f"{height / stride:g}×{width / stride:g}"
             fitting = (
@@ -733,13 +712,9 @@ def _check_arm_buckets(study: Study, buckets: Buckets) -> None:
                 if height % stride == 0 and width % stride == 0
                 else None
             )
-            own_shape = [
-                g[-1]
-                for g in geometry.aspect_ratio_schedules
-                if nearest_aspect_ratio(g[-1][0] / g[-1][1]) == nearest_aspect_ratio(height / width)
-            ]
-            if own_shape:
-                gh, gw = own_shape[0]
+            own_shape = shape_schedule_for(height / width, tokenizer.aspect_ratio_schedules)
+            if own_shape is not None:
+                gh, gw = own_shape[-1]
                 needs = f"its model.tokenizer.aspect_ratio_schedules entry for h/w {name} ends at {gh}×{gw}"
             elif fitting is not None:
                 needs = f"the method's template for h/w {name} ends there with {fitting} scales"
@@ -988,11 +963,12 @@ def _tokenizer_where(arm: Arm) -> str:
     return f"arms[{arm.name}].tokenizer" if arm.deltas.get("tokenizer") else "stages.tokenizer"
 
 
-def _check_tokenizer_values(study: Study, arm: Arm) -> None:
-    """The rules ``TokenizerConfig`` checks when it is built (a schedule that does not grow, per-shape
-    schedules of another scale count, …), which parsing alone does not run: a one-line ``StudyError``."""
+def _check_tokenizer_values(study: Study, arm: Arm) -> TokenizerConfig | None:
+    """The arm's ``TokenizerConfig`` (``tokenizer_config``), built to run the rules it checks when it is
+    built (a schedule that does not grow, per-shape schedules of another scale count, …), which parsing alone
+    does not run; a one-line ``StudyError`` when it breaks one."""
     try:
-        tokenizer_config(stacked_config(study, arm, "tokenizer"))
+        return tokenizer_config(stacked_config(study, arm, "tokenizer"))
     except (TypeError, ValueError) as err:
         raise _fail(study.path, f"{_tokenizer_where(arm)}: model.tokenizer", str(err)) from None
 

@@ -30,6 +30,7 @@ from infinity_lit.quantizer import (
     nearest_aspect_ratio,
     schedule_for_grid,
     schedule_for_ratio,
+    shape_schedule_for,
     shape_schedules,
     template_scale_count,
     template_schedule,
@@ -242,11 +243,9 @@ class BitwiseTokenizer(nn.Module):
                 return found
         h, w = own[-1]
         ratio = nearest_aspect_ratio(height / width)
-        configured = [
-            g[-1] for g in self.aspect_ratio_schedules if nearest_aspect_ratio(g[-1][0] / g[-1][1]) == ratio
-        ]
-        if configured:
-            gh, gw = configured[0]
+        configured = shape_schedule_for(ratio, self.aspect_ratio_schedules)
+        if configured is not None:
+            gh, gw = configured[-1]
             fits = (
                 f"the tokenizer's own schedule for h/w {ratio:g} (aspect_ratio_schedules) ends at {gh}×{gw}; use "
                 f"images of {gh * s}×{gw * s}"

@@ -73,6 +73,21 @@ def write_spec(folder: Path, **changes) -> Path:
     return path
 
 
+def write_one_arm_spec(folder: Path, data: Path, inception_weights: Path) -> Path:
+    """A spec of one arm (the 3-scale schedule 1,2,4) on the bucketed shards ``data``, evaluated at h/w 0.5,
+    1 and 2 with at most 3 held-out images per bucket."""
+    return write_spec(
+        folder,
+        data={"dir": str(data), "resolution": 32},
+        evaluation={
+            "num_images": 3,
+            "aspect_ratios": [0.5, 1, 2],
+            "inception_weights": str(inception_weights),
+        },
+        arms=[{"name": "method", "value": "1,2,4"}],
+    )
+
+
 # ------------------------------------------------------------------------------------------ the spec
 
 
@@ -253,16 +268,7 @@ def finished_ar_study(recipes, bucketed_shards, tmp_path_factory, inception_weig
     from infinity_lit.studies.runner import run_study
 
     data, _ = bucketed_shards
-    spec = write_spec(
-        recipes,
-        data={"dir": str(data), "resolution": 32},
-        evaluation={
-            "num_images": 3,
-            "aspect_ratios": [0.5, 1, 2],
-            "inception_weights": str(inception_weights),
-        },
-        arms=[{"name": "method", "value": "1,2,4"}],
-    )
+    spec = write_one_arm_spec(recipes, data, inception_weights)
     out = tmp_path_factory.mktemp("ar_study")
     env = pytest.MonkeyPatch()
     env.setenv("INFINITY_LIT_CACHE", str(tmp_path_factory.mktemp("ar_cache")))  # Inception feature cache

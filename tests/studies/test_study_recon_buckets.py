@@ -8,7 +8,7 @@ import json
 import shutil
 
 # The spec writer and recipes of the bucketed-study tests (3 scales at stride 8 on the bucketed shards).
-from test_study_aspect_ratios import recipes, write_spec  # noqa: F401 (recipes is a fixture)
+from test_study_aspect_ratios import recipes, write_one_arm_spec  # noqa: F401 (recipes is a fixture)
 
 from infinity_lit import runs
 from infinity_lit.studies import runner
@@ -23,16 +23,7 @@ def test_recon_stage_buckets_become_per_aspect_ratio_metrics(
     tmp_path,
 ):
     data, _ = bucketed_shards
-    spec = write_spec(
-        recipes,
-        data={"dir": str(data), "resolution": 32},
-        evaluation={
-            "num_images": 3,
-            "aspect_ratios": [0.5, 1, 2],
-            "inception_weights": str(stand_in_inception),
-        },
-        arms=[{"name": "method", "value": "1,2,4"}],
-    )
+    spec = write_one_arm_spec(recipes, data, stand_in_inception)
     study = load_study(spec)
     out = tmp_path / "study"
     tasks = runner.plan(study)
