@@ -306,8 +306,7 @@ def reconstruction_record(
     source = read_checkpoint(tokenizer, TOKENIZER)
     model = load_tokenizer(source, map_location=device, use_ema=use_ema)
     height, width = model.config.image_size
-    for name, bucket in buckets.items():
-        _check_bucket_size(model, name, bucket["size"], data)
+    model.check_bucket_sizes({name: bucket["size"] for name, bucket in buckets.items()}, str(data))
 
     def float_batches():
         from infinity_lit.data.shards import resize_center_crop
@@ -397,24 +396,6 @@ def _bucket_metrics(name: str, group: ReconstructionResult) -> dict:
         "image_size": list(size),
         "scale_schedule": [list(hw) for hw in schedule],
     }
-
-
-def _check_bucket_size(model: torch.nn.Module, name: str, size: Sequence[int], data: Path) -> None:
-    """Refuse an aspect-ratio bucket whose size (the manifest's [h, w]) has no schedule of the tokenizer.
-
-    Raises:
-        ValueError: naming the bucket, its size, the tokenizer's and what to do.
-    """
-    h, w = (int(v) for v in size)
-    try:
-        model.check_image_size(h, w)
-    except ValueError as exc:
-        height, width = model.config.image_size
-        s = model.stride
-        raise ValueError(
-            f"aspect-ratio bucket {name} of {data} holds {h}×{w} images, for which the tokenizer ({height}×{width} "
-            f"px, stride {s}, {len(model.scale_schedule)} scales) has no scale schedule: {exc}"
-        ) from exc
 
 
 def _resized(images, height: int, width: int, resize_center_crop):

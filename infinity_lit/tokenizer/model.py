@@ -271,6 +271,29 @@ class BitwiseTokenizer(nn.Module):
             f"call: scale_schedule=infinity_lit.quantizer.schedule_for_latent({latent}, {len(own)}))"
         )
 
+    def check_bucket_sizes(self, sizes: Mapping[str, Sequence[int]], where: str) -> None:
+        """Check that every aspect-ratio bucket of a data set has a scale schedule (``schedule_for``).
+
+        Args:
+            sizes: bucket name → its image size (height, width) in pixels (a manifest's ``size``).
+            where: the data set, as the message names it ("the data", a shard folder).
+
+        Raises:
+            ValueError: the first bucket without one, naming it, its size, the tokenizer's size, stride and
+                scale count, and what would fit (``schedule_for``'s message).
+        """
+        for name, size in sizes.items():
+            h, w = (int(v) for v in size)
+            try:
+                self.schedule_for(h, w)
+            except ValueError as exc:
+                height, width = self.config.image_size
+                raise ValueError(
+                    f"aspect-ratio bucket {name} of {where} holds {h}×{w} images, for which the tokenizer "
+                    f"({height}×{width} px, stride {self.stride}, {len(self.scale_schedule)} scales) has no scale "
+                    f"schedule: {exc}"
+                ) from exc
+
     def schedule_for_aspect_ratio(self, aspect_ratio: float) -> ScaleSchedule:
         """The scale schedule for images of template aspect ratio h/w: the tokenizer's own for 1 (its square
         images), the configured one of that aspect ratio (``aspect_ratio_schedules``), otherwise the method's

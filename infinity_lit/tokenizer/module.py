@@ -467,19 +467,13 @@ def reconstruction_grid(images: Tensor, reconstructions: list[Tensor]) -> Tensor
 
 def check_bucket_sizes(trainer: Any, tokenizer: BitwiseTokenizer) -> None:
     """Check, before training, that every aspect-ratio bucket of the data module (``bucket_sizes``) has a
-    scale schedule in ``tokenizer`` (``BitwiseTokenizer.schedule_for``).
+    scale schedule in ``tokenizer`` (``BitwiseTokenizer.check_bucket_sizes``).
 
     Raises:
         ValueError: naming the bucket, its size and the sizes that would fit.
     """
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    for name, (h, w) in (getattr(datamodule, "bucket_sizes", None) or {}).items():
-        try:
-            tokenizer.schedule_for(h, w)
-        except ValueError as exc:
-            raise ValueError(
-                f"aspect-ratio bucket {name} of the data ({h}×{w} px) does not fit the tokenizer: {exc}"
-            ) from exc
+    tokenizer.check_bucket_sizes(getattr(datamodule, "bucket_sizes", None) or {}, "the data")
 
 
 def check_data_resolution(
