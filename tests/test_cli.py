@@ -165,6 +165,26 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         main(argv)
 
 
+def test_output_cut_short_by_its_reader_ends_quietly():
+    """``infinity-lit … | head``: a reader that closes the pipe before the command has written ends it with
+    status 141 (128 + SIGPIPE, as a shell tool ended by the signal) and nothing on stderr, where Python's
+    own flush at exit would print "Exception ignored … BrokenPipeError" and exit with 120."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(DEBUG_ENV, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infinity_lit.cli", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    proc.stdout.close()  # before the interpreter has even started: every write of the command fails
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == ""
+
+
 def test_bugs_are_not_user_errors():
     from infinity_lit import runs
     from infinity_lit.checkpoints import CheckpointError

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     status 2; ``--debug`` before the group (or ``INFINITY_LIT_DEBUG=1``) lets it propagate with its
     traceback. Any other exception propagates as it is (a bug: its traceback is the report). A fit
     stopped by SIGTERM or Ctrl+C (after writing ``last.ckpt``) exits with status 143 or 130; one whose data
-    loader worker died prints one line saying so and how to resume, and exits with status 1.
+    loader worker died prints one line saying so and how to resume, and exits with status 1. Output cut
+    short by its reader (a closed pipe: ``… | head``) ends quietly with status 141 (128 + SIGPIPE).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--debug"]:
@@ -137,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     if not debug_enabled():
         warnings.showwarning = show_warning  # "warning: …" lines, as the toolkit's own
     try:
-        run(argv)
+        try:
+            run(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe is caught below, rather than at exit
     except SystemExit as err:
         if type(err).__name__ != "SIGTERMException":
             raise
@@ -146,6 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         from infinity_lit.training.checkpointing import stop_signal
 
         raise SystemExit(128 + int(stop_signal() or signal.SIGTERM)) from None
+    except BrokenPipeError:
+        # The reader of stdout went away (`infinity-lit study status DIR | head`): what it read was
+        # whole; stop quietly, as a shell tool does, with the status of a process ended by SIGPIPE.
+        # stdout goes to /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
     except Exception as err:
         if not debug_enabled() and _is_dead_worker(err):
             # Not a bug here and not a user's mistake: the machine took a loader process away (most often

@@ -84,7 +84,7 @@ FAILED = "FAILED.json"
 #: Marker of a stage in progress: JSON {"since", "pid", "host", "process_start"} of the process running it.
 RUNNING = "RUNNING"
 #: What ``format_status`` says of a stage whose process is gone.
-INTERRUPTED = "interrupted (re-run `study run` to resume)"
+RESUME_HINT = "(re-run `study run` to resume)"
 #: File holding the stage key a folder was computed for (an edited spec changes it: the stage reruns).
 KEY = "STAGE_KEY"
 
@@ -712,6 +712,8 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
             "seconds": state.get("seconds"),
             "shared_with": task.owner if task.shared else None,
         }
+        if state["state"] in ("running", "interrupted") and task.stage in TRAIN_STAGES:
+            row["stages"][task.stage]["steps"] = fit_progress(out / task.owner / runs.STAGE_RUN)
         if state["state"] == "running" and not state.get("checked"):
             # Marked running where this machine cannot look (another host): say where and since when.
             row["stages"][task.stage]["unchecked"] = {k: state.get(k) for k in ("host", "pid", "since")}
@@ -720,6 +722,33 @@ def status(out: str | Path, study: Study | None = None) -> list[dict[str, Any]]:
         if state["state"] == "failed" and row["error"] is None:
             row["error"] = f"{task.stage}: {state.get('error')}"
     return list(rows.values())
+
+
+def fit_progress(run: Path) -> tuple[int, int | None] | None:
+    """How far a fit stage's training run has got: (the last step its logger wrote, the ``trainer.max_steps``
+    of the config its fit saved, None where that is absent or unbounded), or None before its first logged
+    step. Read from the run's TensorBoard event files, which Lightning writes every ``log_every_n_steps``
+    (the step shown lags the fit's by less than that)."""
+    from infinity_lit.evaluation.tensorboard import read_scalars
+
+    if not run.is_dir():
+        return None
+    try:
+        steps = [series[-1][0] for series in read_scalars(run).values() if series]
+    except Exception:  # an event file being written, or a truncated one: no progress to show
+        return None
+    if not steps:
+        return None
+    max_steps = None
+    config = run / "config.yaml"
+    if config.is_file():
+        try:
+            trainer = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("trainer") or {}
+        except yaml.YAMLError:
+            trainer = {}
+        if isinstance(trainer.get("max_steps"), int) and trainer["max_steps"] > 0:
+            max_steps = trainer["max_steps"]
+    return max(steps), max_steps
 
 
 def running_elsewhere(marker: dict[str, Any]) -> str:
@@ -746,8 +775,14 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
         if row["error"]:
             lines.append(f"{'':<16} {'':>4}  error: {row['error']}")
         for stage in STAGES:
+            steps = row["stages"][stage].get("steps")
+            at = ""
+            if steps is not None:
+                at = f" at step {steps[0]}" + (f" of {steps[1]}" if steps[1] is not None else "")
             if row["stages"][stage]["state"] == "interrupted":
-                lines.append(f"{'':<16} {'':>4}  {stage} {INTERRUPTED}")
+                lines.append(f"{'':<16} {'':>4}  {stage} interrupted{at} {RESUME_HINT}")
+            elif at and not row["stages"][stage].get("unchecked"):
+                lines.append(f"{'':<16} {'':>4}  {stage} running{at}")
             elif row["stages"][stage].get("unchecked"):
                 lines.append(
                     f"{'':<16} {'':>4}  {stage} {running_elsewhere(row['stages'][stage]['unchecked'])}"

@@ -628,7 +628,17 @@ def test_a_stage_records_its_process_and_status_tells_a_killed_one(
     (out / recon.owner / runner.RUNNING).unlink()
 
     # A study process that marked its stage and was then killed: "running" while it lives, "interrupted" after.
+    # Its fit had logged steps 10, 20 and 30 of the 50 its saved config asks for: status says how far it got.
     (out / tokenizer.owner / "DONE.json").unlink()
+    from torch.utils.tensorboard import SummaryWriter
+
+    fit_run = out / tokenizer.owner / runs.STAGE_RUN
+    with SummaryWriter(str(fit_run)) as writer:
+        for step in (10, 20, 30):
+            writer.add_scalar("train/loss", 1.0 / step, step)
+        writer.add_scalar("val/loss", 0.5, 20)
+    (fit_run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 50}}))
+    assert runner.fit_progress(fit_run) == (30, 50)
     code = (
         "import sys, time; from pathlib import Path; from infinity_lit.studies.runner import mark_running; "
         "mark_running(Path(sys.argv[1])); print('marked', flush=True); time.sleep(120)"
@@ -641,6 +651,7 @@ def test_a_stage_records_its_process_and_status_tells_a_killed_one(
         state = runner.stage_state(out, tokenizer)
         assert state["state"] == "running" and state["pid"] == proc.pid
         assert {(r["arm"], r["seed"]): r["state"] for r in status(out, study)}[("p00", 0)] == "running"
+        assert "tokenizer running at step 30 of 50\n" in runner.format_status(status(out, study))
     finally:
         proc.kill()
         proc.wait()
@@ -651,7 +662,12 @@ def test_a_stage_records_its_process_and_status_tells_a_killed_one(
     states = {(r["arm"], r["seed"]): r["state"] for r in rows}
     assert states[("p00", 0)] == states[("p30", 0)] == "interrupted"  # p30 shares that tokenizer
     assert states[("p00", 1)] == "pending"
-    assert "tokenizer interrupted (re-run `study run` to resume)" in printed
+    assert "tokenizer interrupted at step 30 of 50 (re-run `study run` to resume)" in printed
+    # An unbounded fit (max_steps -1) gives the step alone; a run with no logged step yet gives nothing.
+    (fit_run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": -1}}))
+    assert runner.fit_progress(fit_run) == (30, None)
+    assert "tokenizer interrupted at step 30 (re-run" in runner.format_status(status(out, study))
+    assert runner.fit_progress(out / "no-such-run") is None
 
     # A marker from another machine cannot be checked from here: it still reads "running".
     marker = out / tokenizer.owner / runner.RUNNING
