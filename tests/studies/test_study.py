@@ -266,6 +266,48 @@ def test_equal_stages_share_a_key_and_different_ones_do_not(recipes, openmoji_sh
     assert shared == {("p30", s, stage) for s in (0, 1) for stage in ("tokenizer", "recon")}
 
 
+def test_removing_an_arm_or_editing_comments_keeps_the_other_stages_keys(recipes, openmoji_shards):
+    """A study cut down to fewer arms, or a spec whose comments changed, resumes the stages it has: an arm's
+    stage keys depend on its own configuration, seed, data and upstream stages, not on the other arms."""
+
+    def keys(path: Path) -> dict[tuple[str, int, str], str]:
+        return {(t.arm, t.seed, t.stage): t.key for t in plan(load_study(path))}
+
+    both = keys(write_spec(recipes, openmoji_shards))
+    p30 = {k: v for k, v in both.items() if k[0] == "p30"}
+    assert (
+        keys(
+            write_spec(
+                recipes,
+                openmoji_shards,
+                arms=[{"name": "p30", "value": 0.3, "generator": "p30.yaml"}],
+                baseline="p30",
+            )
+        )
+        == p30
+    )
+    commented = write_spec(recipes, openmoji_shards)
+    commented.write_text(
+        "# a note on the study\n"
+        + commented.read_text().replace("\nseeds:", "  # the arms' seeds\nseeds:", 1)
+    )
+    assert keys(commented) == both
+    # …while a changed value of an arm changes that arm's generator keys and no other.
+    changed = keys(
+        write_spec(
+            recipes,
+            openmoji_shards,
+            arms=[
+                {"name": "p00", "value": 0.0, "generator": {"model": {"max_flip_prob": 0.1}}},
+                {"name": "p30", "value": 0.3, "generator": "p30.yaml"},
+            ],
+        )
+    )
+    assert {k for k in both if changed[k] != both[k]} == {
+        ("p00", s, st) for s in (0, 1) for st in ("generator", "samples", "score")
+    }
+
+
 def test_a_study_runs_seed_by_seed_and_stage_by_stage_within_a_seed(recipes, openmoji_shards):
     study = load_study(write_spec(recipes, openmoji_shards, seeds=[1, 0]))
     order = [(t.seed, t.stage, t.arm) for t in seed_major(list(reversed(plan(study))), study.seeds)]
