@@ -27,7 +27,8 @@ naming the process that runs it (pid and host), so that a stage whose process wa
 "interrupted" rather than "running". Running again skips finished stages, resumes interrupted fits from
 ``last.ckpt`` and retries failed ones.
 
-Stages are taken in waves (all tokenizer fits, then all generator fits, then the evaluations):
+Stages are taken seed by seed (``seed_major``: for the first seed every arm's tokenizer fit, generator fit and
+evaluations, then the next seed), so every arm has a comparable first seed early:
 ``launcher="local"`` runs them one after the other in this process; ``"parallel"`` and ``"slurm"`` hand
 each stage to submitit (its local executor on this machine, SLURM on a cluster), which is also the path
 the tests exercise with ``"submitit-local"``. Those keep ``jobs`` stages in flight at once as a rolling
