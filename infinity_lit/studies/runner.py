@@ -740,16 +740,12 @@ def fit_progress(run: Path) -> tuple[int, int | None] | None:
         return None
     if not steps:
         return None
-    max_steps = None
-    config = run / "config.yaml"
-    if config.is_file():
-        try:
-            trainer = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("trainer") or {}
-        except yaml.YAMLError:
-            trainer = {}
-        if isinstance(trainer.get("max_steps"), int) and trainer["max_steps"] > 0:
-            max_steps = trainer["max_steps"]
-    return max(steps), max_steps
+    try:
+        trainer = _saved_config(run).get("trainer") or {}
+    except yaml.YAMLError:
+        trainer = {}
+    max_steps = trainer.get("max_steps")
+    return max(steps), max_steps if isinstance(max_steps, int) and max_steps > 0 else None
 
 
 def running_elsewhere(marker: dict[str, Any]) -> str:
@@ -782,12 +778,12 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
                 at = f" at step {steps[0]}" + (f" of {steps[1]}" if steps[1] is not None else "")
             if row["stages"][stage]["state"] == "interrupted":
                 lines.append(f"{'':<16} {'':>4}  {stage} interrupted{at} {RESUME_HINT}")
-            elif at and not row["stages"][stage].get("unchecked"):
-                lines.append(f"{'':<16} {'':>4}  {stage} running{at}")
             elif row["stages"][stage].get("unchecked"):
                 lines.append(
                     f"{'':<16} {'':>4}  {stage} {running_elsewhere(row['stages'][stage]['unchecked'])}"
                 )
+            elif at:
+                lines.append(f"{'':<16} {'':>4}  {stage} running{at}")
     lines.append("(* shared with another arm's stage)")
     return "\n".join(lines)
 
@@ -825,16 +821,21 @@ def relative_paths(value: Any, root: Path) -> Any:
     return strip(value)
 
 
+def _saved_config(run: Path) -> dict[str, Any]:
+    """The resolved config a fit saved in its run folder (``config.yaml``), {} where there is none.
+
+    Raises:
+        yaml.YAMLError: the file is not YAML.
+    """
+    config = run / "config.yaml"
+    if not config.is_file():
+        return {}
+    return yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+
+
 def _tokens_per_image(tokenizer_run: Path) -> int | None:
     """Σ h·w over the tokenizer's scale schedule, from the config its fit saved (None if absent)."""
-    config = tokenizer_run / "config.yaml"
-    if not config.is_file():
-        return None
-    schedule = (
-        ((yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model") or {})
-        .get("tokenizer", {})
-        .get("scale_schedule")
-    )
+    schedule = (_saved_config(tokenizer_run).get("model") or {}).get("tokenizer", {}).get("scale_schedule")
     return sum(int(h) * int(w) for h, w in schedule) if schedule else None
 
 
